@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Everything raised as a `SupuqError` is a problem with the user's input (a config, a path, a file) that the
+CLI prints as one line and turns into exit status 2. Anything else is a bug and keeps its traceback.
+"""
+
+
+class SupuqError(Exception):
+    """A problem with the user's input, described in one line."""
+
+
+class ConfigError(SupuqError):
+    """A config or search-space file is missing, malformed or invalid."""
+
+
+class DataError(SupuqError):
+    """A dataset file or folder is missing, unreadable or inconsistent."""
+
+
+class TrainingDiverged(SupuqError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, terms: dict | None = None):
+        self.epoch, self.step, self.terms = epoch, step, dict(terms or {})
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
+        super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite loss ({shown})")
