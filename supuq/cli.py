@@ -1,0 +1,310 @@
+"""The `supuq` command line (typer). Parses and validates, then calls the library; no logic of its own.
+
+User errors (`SupuqError`: configs, paths, file contents) print one line on stderr and exit with status 2;
+Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import SupuqError
+
+app = typer.Typer(
+    name="supuq",
+    help="Supervised uncertainty quantification for segmentation with multiple graders (Hu et al., MICCAI 2019).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Prepare, inspect and view dataset caches.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def user_errors(func):
+    """Turn SupuqError into a one-line message + exit 2, and Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SupuqError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"supuq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """supuq command line."""
+
+
+def _load(config: Optional[Path], overrides: list[str], dataset: Optional[str] = None):
+    from .config import default_config_path, load_config
+
+    path = config if config is not None else default_config_path(dataset or "synthetic")
+    return load_config(path, overrides)
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title, caption="NCC: predicted aleatoric vs grader variance (excl.: images with a constant map); "
+                  "NCC true: vs the generator's p*(1-p*); div.: E d(S,S')")
+    for column in ("run", "GED", "NCC", "excl.", "NCC true", "div.", "E d(S,Y)"):
+        table.add_column(column, justify="right")
+    for name, m in rows.items():
+        true = f"{m['ncc_true']:.3f}" if m.get("ncc_true") is not None else "-"
+        table.add_row(
+            name, f"{m['ged']:.4f}", f"{m['ncc']:.3f}", f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", true,
+            f"{m['diversity']:.3f}", f"{m['dist_sy']:.3f}",
+        )
+    return table
+
+
+@app.command()
+@user_errors
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (default configs/synthetic.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set loss.gamma=10 (repeatable)."),
+    method: Optional[str] = typer.Option(None, help="supervised | kohl | kendall_gal (sets that method's fixed settings)."),
+    seed: Optional[int] = typer.Option(None, help="Training seed (train.seed); the data split keeps data.split_seed."),
+    no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow; outputs stay in the run folder."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for checkpoint, figures and eval.json (default runs/<dataset>/...)."),
+) -> None:
+    """Train one model, evaluate it on the test split (50 samples) and log the run to MLflow."""
+    from .runs import train_and_evaluate
+
+    cfg = _load(config, set_)
+    if method is not None:
+        cfg = cfg.with_method(method)
+    if seed is not None:
+        cfg = cfg.updated({"train.seed": seed})
+    outcome = train_and_evaluate(cfg, tracking_uri, track=not no_track, out_dir=out, progress=True)
+    console.print(_metrics_table(f"test split, {cfg.model.method}", {cfg.model.method: outcome.test.as_dict("")}))
+    console.print(f"outputs: {outcome.out_dir}  ({outcome.seconds:.0f} s)")
+    if outcome.run_id:
+        console.print(f"MLflow run id: {outcome.run_id}   browse with: supuq ui")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: str = typer.Argument(..., help="An MLflow run id or a checkpoint file."),
+    samples: int = typer.Option(50, help="Samples per image (weight samples x latent samples)."),
+    weight_samples: int = typer.Option(5, help="Weight-noise samples M (K = samples / M)."),
+    split: str = typer.Option("test", help="train | val | test | all"),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """Re-evaluate a trained model; a run id's metrics are logged back to the same run."""
+    from .evaluate import SPLITS
+    from .runs import reevaluate
+
+    if split not in SPLITS:
+        raise SupuqError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if samples < 2 or weight_samples < 1 or samples % weight_samples:
+        raise SupuqError(f"--samples ({samples}) must be >= 2 and a multiple of --weight-samples ({weight_samples})")
+    result, run_id = reevaluate(model, samples, weight_samples, split, tracking_uri)
+    console.print(_metrics_table(f"{split} split", {Path(model).name if run_id is None else run_id: result.as_dict("")}))
+
+
+@app.command()
+@user_errors
+def ui(
+    port: int = typer.Option(5000, help="Port."),
+    host: str = typer.Option("127.0.0.1", help="Interface; keep 127.0.0.1 unless the UI is behind authentication."),
+    tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
+) -> None:
+    """Start the MLflow UI on the local store (Ctrl-C stops it)."""
+    from .tracking import resolve_tracking_uri, serve_ui
+
+    uri = resolve_tracking_uri(tracking_uri)
+    proc = serve_ui(uri, host=host, port=port)
+    console.print(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@app.command()
+@user_errors
+def sweep(
+    dataset: str = typer.Option("synthetic", help="synthetic | lidc | lidc-toolbox | miccai2012"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base config (default configs/<dataset>.yaml)."),
+    space: Optional[Path] = typer.Option(None, help="Search space (default sweep/<dataset>.yaml)."),
+    samples: Optional[int] = typer.Option(None, help="Number of trials (space file's num_samples)."),
+    concurrent: Optional[int] = typer.Option(None, help="Trials at once (space file's max_concurrent)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="GPUs per trial; fractions pack trials on one GPU."),
+    cpus_per_trial: Optional[float] = typer.Option(None, help="CPUs per trial."),
+    address: Optional[str] = typer.Option(None, help="Join a Ray cluster: auto | HOST:PORT | ray://HOST:10001."),
+    storage: Optional[str] = typer.Option(None, help="Trial storage: a shared path or s3://bucket/prefix (default ./ray_results)."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or the local store)."),
+    name: Optional[str] = typer.Option(None, help="Sweep name (default <dataset>-<time>)."),
+    resume: Optional[str] = typer.Option(None, help="Continue the interrupted sweep of this name."),
+) -> None:
+    """Search beta, gamma, the weight-noise prior and lr with Ray Tune + Optuna (TPE) + ASHA; every trial in MLflow."""
+    from .tune import SweepInterrupted, SweepOptions, run_sweep
+
+    opts = SweepOptions(dataset, config, space, samples, concurrent, list(set_), gpus_per_trial, cpus_per_trial,
+                        address, storage, tracking_uri, name, resume)
+    try:
+        outcome = run_sweep(opts, console=console)
+    except SweepInterrupted as stop:
+        err_console.print(f"sweep {stop.name} stopped after {stop.finished} of {stop.total} trials; "
+                          f"continue it with: supuq sweep --resume {stop.name}"
+                          + (f" --storage {storage}" if storage else ""))
+        raise typer.Exit(130) from None
+    table = Table(title=f"sweep {outcome.name}: trials by {'val/ged'}")
+    for column in ("trial", "status", "epochs", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr"):
+        table.add_column(column, justify="right")
+    ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
+    for t in ordered[:10]:
+        p, m = t["params"], t["metrics"]
+        table.add_row(
+            t["trial_id"], t["status"], str(t["epochs"]), f"{m.get('val/ged', float('nan')):.4f}",
+            f"{m.get('val/ncc', float('nan')):.3f}", f"{p.get('loss.beta', float('nan')):.3g}",
+            f"{p.get('loss.gamma', float('nan')):.3g}", str(p.get("model.weight_noise.prior", "-")),
+            f"{p.get('model.weight_noise.prior_std', float('nan')):.3g}", f"{p.get('optim.lr', float('nan')):.2e}",
+        )
+    console.print(table)
+    console.print(f"{len(outcome.trials)} trials, {outcome.stopped_early} stopped early by ASHA, "
+                  f"{outcome.seconds:.0f} s; best config: {outcome.path}/best.yaml")
+    console.print(f"MLflow parent run {outcome.parent_run_id}; browse with: supuq ui")
+
+
+@app.command()
+@user_errors
+def best(
+    dataset: Optional[str] = typer.Option(None, help="Dataset whose latest sweep to use."),
+    sweep: Optional[str] = typer.Option(None, help="Sweep name or parent run id (default: the latest sweep)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Retrain the best config from scratch over seeds, on train+val."),
+    seeds: int = typer.Option(5, help="Seeds for --retrain."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also retrain the Kohl and Kendall-Gal baselines."),
+    samples: int = typer.Option(50, help="Test samples per image."),
+    serial: bool = typer.Option(False, "--serial", help="Retrain seeds one after another instead of as Ray tasks."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
+    from .best import best_trial, retrain as run_retrain
+    from .tracking import resolve_tracking_uri
+
+    if seeds < 1 or samples < 2:
+        raise SupuqError("--seeds must be >= 1 and --samples >= 2")
+    uri = resolve_tracking_uri(tracking_uri)
+    found = best_trial(uri, dataset, sweep)
+    console.print(f"best trial of sweep {found.sweep_name}: {found.trial_name} ({found.metric} = {found.value:.4f}, run {found.run_id})")
+    flat = found.config.flat()
+    for key in ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr"):
+        console.print(f"  {key} = {flat[key]}")
+    if not retrain:
+        return
+    with _bar("retraining (method x seed)") as progress:
+        outcome = run_retrain(found, found.config, uri, seeds, baselines, samples, parallel=not serial,
+                              progress=progress)
+    console.print(outcome.table)
+    console.print(f"retrain run {outcome.parent_run_id} ({outcome.seconds:.0f} s); results.md is its artifact. "
+                  "Browse with: supuq ui")
+
+
+def _bar(label: str):
+    """A rich progress bar yielding progress(done, total)."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def manager():
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+
+    return manager()
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | miccai2012"),
+    root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases)."),
+    out: Optional[Path] = typer.Option(None, help="Cache folder (default data/<dataset>/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
+    workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
+) -> None:
+    """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
+    from .config import DATASETS
+    from .data.prepare import describe, prepare
+    from .data.types import MultiGraderSet
+
+    if dataset not in DATASETS:
+        raise SupuqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    cfg = _load(config, set_, dataset)
+    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
+    _print_info(path, describe(MultiGraderSet.load(path)))
+
+
+def _print_info(path: Path, info: dict) -> None:
+    table = Table(title=str(path), show_header=False)
+    for key, value in info.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@data_app.command("info")
+@user_errors
+def data_info(cache: Path = typer.Argument(..., help="A cache folder written by `supuq data prepare`.")) -> None:
+    """Shape, graders, patients, fraction of empty masks, mean grader variance."""
+    from .data.prepare import describe
+    from .data.types import MultiGraderSet
+
+    _print_info(cache, describe(MultiGraderSet.load(cache)))
+
+
+@data_app.command("show")
+@user_errors
+def data_show(
+    cache: Path = typer.Argument(..., help="A cache folder."),
+    out: Path = typer.Option(Path("data_show.png"), help="PNG to write."),
+    n: int = typer.Option(8, help="Number of images."),
+    seed: int = typer.Option(0, help="Which images (random choice seed)."),
+) -> None:
+    """A PNG grid of images with each grader's outline."""
+    from .data.prepare import show
+    from .data.types import MultiGraderSet
+
+    path = show(MultiGraderSet.load(cache), out, n=n, seed=seed)
+    console.print(f"wrote {path}")
+
+
+def run() -> None:  # pragma: no cover - console entry for `python -m supuq`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Datasets: the cache format, readers for each source, splits."""

@@ -1,0 +1,225 @@
+"""Evaluation with the paper's protocol: M weight samples x K latent samples per image, then GED, NCC and
+calibration metrics (DESIGN.md sections 6-7).
+
+Test evaluation always draws 50 samples (M=5 x K=10; a model without weight noise draws 1 x 50); validation
+during training uses fewer (`eval.val_samples`, default 16). Work is batched over images and only per-image
+summaries are kept, so memory stays bounded on a 128x128 test set of thousands of images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .config import DataConfig
+from .data.splits import split_indices
+from .data.types import MultiGraderSet
+from .metrics import brier, ged_terms, ncc, reliability, summarize_ncc
+from .sampling import binarize, decompose, grader_mean, grader_variance
+
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class EvalResult:
+    """Dataset-level metrics plus per-image arrays (float64 [N]) for later aggregation and figures."""
+
+    ged: float
+    ncc: float
+    ncc_defined: int
+    ncc_excluded: int
+    diversity: float
+    dist_sy: float
+    brier: float
+    ece: float
+    aleatoric: float
+    epistemic: float
+    n_images: int
+    weight_samples: int
+    latent_samples: int
+    ncc_true: float | None = None
+    ncc_true_excluded: int | None = None
+    per_image: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    reliability: dict[str, list[float]] = field(default_factory=dict, repr=False)
+
+    def as_dict(self, prefix: str = "test/") -> dict[str, float]:
+        """Scalar metrics keyed e.g. `test/ged`; None values (no true probabilities) are left out."""
+        skip = ("per_image", "reliability")
+        scalars = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
+        return {f"{prefix}{k}": float(v) for k, v in scalars.items()}
+
+
+def validation_grid(model: torch.nn.Module, total: int, weight_samples: int) -> tuple[int, int]:
+    """(M, K) with M*K == total: M the largest divisor of `total` not above `weight_samples`; 1 x total for a
+    model without weight noise."""
+    if not getattr(model, "has_weight_noise", False):
+        return 1, total
+    m = max(d for d in range(1, min(weight_samples, total) + 1) if total % d == 0)
+    return m, total // m
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: MultiGraderSet,
+    split: str = "test",
+    weight_samples: int = 5,
+    latent_samples: int = 10,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    data_cfg: DataConfig | None = None,
+) -> EvalResult:
+    """Evaluate on a named split of `data` (split rebuilt from `data_cfg`'s seed, fractions and mode).
+
+    A model without weight noise (Kohl) draws 1 x (weight_samples * latent_samples) latent samples, so every
+    method is scored on the same number of samples.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        index = np.arange(len(data))
+    else:
+        data_cfg = data_cfg or DataConfig()
+        parts = split_indices(data.groups, data_cfg.fractions, data_cfg.split_seed, data_cfg.split_by)
+        index = getattr(parts, split)
+    if not getattr(model, "has_weight_noise", False):
+        weight_samples, latent_samples = 1, weight_samples * latent_samples
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device)
+
+
+@torch.no_grad()
+def predict_samples(model: torch.nn.Module, x: torch.Tensor, weight_samples: int, latent_samples: int):
+    """Logits [B,M,K,H,W] for images x [B,1,H,W]; the model is put in eval mode (Kendall-Gal keeps its MC
+    dropout on inside `sample`)."""
+    model.eval()
+    return model.sample(x, weight_samples=weight_samples, latent_samples=latent_samples)
+
+
+@torch.no_grad()
+def evaluate_indices(
+    model: torch.nn.Module,
+    data: MultiGraderSet,
+    index: np.ndarray,
+    weight_samples: int,
+    latent_samples: int,
+    batch_size: int,
+    device: torch.device,
+) -> EvalResult:
+    """Metrics over the images `index` of `data` with an M x K sample grid."""
+    was_training = model.training
+    index = np.sort(np.asarray(index))
+    rows: dict[str, list[np.ndarray]] = {}
+    calibration = ReliabilityAccumulator()
+    for start in range(0, len(index), batch_size):
+        batch = index[start : start + batch_size]
+        x = torch.as_tensor(np.asarray(data.images[batch]), dtype=torch.float32, device=device)
+        y = torch.as_tensor(np.asarray(data.masks[batch]), device=device).bool()
+        logits = predict_samples(model, x, weight_samples, latent_samples).float()
+        per = _batch_metrics(logits, y)
+        if data.prob is not None:
+            p_true = torch.as_tensor(np.asarray(data.prob[batch]), dtype=torch.float32, device=device)
+            per["ncc_true"] = ncc(per.pop("_aleatoric_map"), p_true * (1 - p_true))
+        else:
+            per.pop("_aleatoric_map")
+        _append(rows, per)
+        calibration.add(per_pixel_pm(logits), grader_mean(y.float()))
+    model.train(was_training)
+    per_image = {k: np.concatenate(v) for k, v in rows.items()}
+    summary = summarize_ncc(torch.from_numpy(per_image["ncc"]))
+    result = EvalResult(
+        ged=float(np.mean(per_image["ged"])),
+        ncc=float(summary.mean),
+        ncc_defined=int(summary.defined),
+        ncc_excluded=int(summary.excluded),
+        diversity=float(np.mean(per_image["diversity"])),
+        dist_sy=float(np.mean(per_image["dist_sy"])),
+        brier=float(np.mean(per_image["brier"])),
+        ece=calibration.ece(),
+        aleatoric=float(np.mean(per_image["aleatoric"])),
+        epistemic=float(np.mean(per_image["epistemic"])),
+        n_images=len(index),
+        weight_samples=weight_samples,
+        latent_samples=latent_samples,
+        per_image=per_image,
+        reliability=calibration.table(),
+    )
+    if "ncc_true" in per_image:
+        true = summarize_ncc(torch.from_numpy(per_image["ncc_true"]))
+        result.ncc_true, result.ncc_true_excluded = float(true.mean), int(true.excluded)
+    return result
+
+
+class ReliabilityAccumulator:
+    """Reliability of p_m against p_g over all pixels, accumulated batch by batch in fixed bins so that the
+    pixels of a large test set are never held at once."""
+
+    def __init__(self, bins: int = 10):
+        self.bins = bins
+        self.count = np.zeros(bins)
+        self.sum_pred = np.zeros(bins)
+        self.sum_obs = np.zeros(bins)
+
+    def add(self, p_m: torch.Tensor, p_g: torch.Tensor) -> None:
+        """p_m, p_g [B,H,W] in [0,1]."""
+        part = reliability(p_m, p_g, bins=self.bins)
+        counts = np.asarray(part.counts, dtype=np.float64)
+        self.count += counts
+        self.sum_pred += np.nan_to_num(np.asarray(part.mean_pred, dtype=np.float64)) * counts
+        self.sum_obs += np.nan_to_num(np.asarray(part.mean_obs, dtype=np.float64)) * counts
+
+    def ece(self) -> float:
+        """Count-weighted mean |mean predicted - mean observed| over bins."""
+        total = self.count.sum()
+        return float(np.abs(self.sum_pred - self.sum_obs).sum() / total) if total else float("nan")
+
+    def table(self) -> dict[str, list[float]]:
+        """Per-bin mean prediction, mean observation (NaN for empty bins) and counts, for plots."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pred = self.sum_pred / self.count
+            obs = self.sum_obs / self.count
+        return {"mean_pred": pred.tolist(), "mean_obs": obs.tolist(), "count": self.count.tolist()}
+
+
+def per_pixel_pm(logits: torch.Tensor) -> torch.Tensor:
+    """p_m [B,H,W]: mean foreground probability over all M*K samples of logits [B,M,K,H,W]."""
+    return torch.sigmoid(logits).mean(dim=(1, 2))
+
+
+def _batch_metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image metrics of one batch: logits [B,M,K,H,W], masks bool [B,D,H,W]."""
+    b, m, k, h, w = logits.shape
+    samples = binarize(logits)
+    parts = decompose(samples)
+    flat = samples.reshape(b, m * k, h, w)
+    aleatoric = parts.aleatoric
+    terms = ged_terms(flat, masks)  # one Gram matrix gives GED, E d(S,Y) and E d(S,S')
+    return {
+        "ged": terms.ged,
+        "diversity": terms.sample_diversity,
+        "dist_sy": terms.cross,
+        "ncc": ncc(aleatoric, grader_variance(masks.float())),
+        "brier": brier(per_pixel_pm(logits), grader_mean(masks.float())),
+        "aleatoric": aleatoric.mean(dim=(1, 2)),
+        "epistemic": parts.epistemic.mean(dim=(1, 2)),
+        "_aleatoric_map": aleatoric,
+    }
+
+
+def _append(rows: dict[str, list[np.ndarray]], values: dict[str, torch.Tensor]) -> None:
+    for key, value in values.items():
+        rows.setdefault(key, []).append(value.detach().double().cpu().numpy())
+
+
+def fixed_figure_indices(data: MultiGraderSet, index: np.ndarray, count: int) -> np.ndarray:
+    """A fixed, reproducible choice of `count` images from `index` for figures, preferring images where the
+    graders disagree (those are the interesting ones), then any others."""
+    index = np.sort(np.asarray(index))
+    masks = np.asarray(data.masks[index]).astype(np.float32)
+    disagreement = (masks.mean(axis=1) * (1 - masks.mean(axis=1))).sum(axis=(1, 2))
+    order = np.argsort(-disagreement, kind="stable")
+    step = max(1, math.floor(len(order) / max(count, 1) / 2))
+    chosen = order[::step][:count]
+    return index[np.sort(chosen)]

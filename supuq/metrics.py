@@ -1,0 +1,264 @@
+"""Evaluation metrics, batched and pure torch (DESIGN.md section 7).
+
+- GED: D^2_GED = 2 E d(S,Y) - E d(S,S') - E d(Y,Y') with d = 1 - IoU, d(empty, empty) = 0 and d = 1 when exactly
+  one mask is empty. The self terms average over all ordered pairs including i == j (a V-statistic, as in the
+  authors' and PHiSeg's code), so the GED of a set against itself is exactly 0.
+- NCC between uncertainty maps, NaN where either map is constant, summarised with the count of excluded images.
+- Calibration of p_m against p_g: Brier score, reliability diagram, expected calibration error.
+
+Pairwise IoUs come from one batched matrix product of the flattened masks (a Gram matrix), so there is no Python
+loop over pairs. Intersections of {0,1} masks are integer counts: they are computed in float32, which is exact
+below 2^24 pixels per mask, and the IoU division is done in float64 so values agree with a double loop to ~1e-15.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# float32 holds every integer up to 2^24 exactly, so counts of up to this many pixels are exact in a float32 matmul.
+_EXACT_FLOAT32_PIXELS = 2**24
+
+
+def _as_bool(masks: Tensor) -> Tensor:
+    """Masks as bool (nonzero is foreground); bool input is returned as is (`!= 0` on it costs a full pass)."""
+    return masks if masks.dtype == torch.bool else masks != 0
+
+
+def _count_dtype(pixels: int) -> torch.dtype:
+    return torch.float32 if pixels <= _EXACT_FLOAT32_PIXELS else torch.float64
+
+
+def _distances_from_gram(gram: Tensor, sizes_a: Tensor, sizes_b: Tensor) -> Tensor:
+    """d = 1 - IoU from intersections [n,S,T] and mask sizes [n,S], [n,T]; float64 [n,S,T].
+
+    union = |a| + |b| - |a & b|; union == 0 only when both masks are empty, where d is defined as 0. When exactly
+    one mask is empty the intersection is 0 and the union positive, so d = 1 falls out of the formula.
+    """
+    inter = gram.to(torch.float64)
+    union = sizes_a.to(torch.float64).unsqueeze(-1) + sizes_b.to(torch.float64).unsqueeze(-2) - inter
+    both_empty = union == 0
+    iou = inter / torch.where(both_empty, torch.ones_like(union), union)
+    return torch.where(both_empty, torch.zeros_like(iou), 1.0 - iou)
+
+
+def _exact_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """Batched a @ b^T with autocast off: under bf16/fp16 autocast the counts would be rounded."""
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return torch.bmm(a, b.transpose(1, 2))
+
+
+def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
+    """All pairwise d = 1 - IoU between two sets of flattened masks.
+
+    a: [N,S,P], b: [N,T,P], {0,1} (bool or numeric; nonzero is foreground). Returns float64 [N,S,T].
+    """
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        raise ValueError(f"pairwise_distance expects [N,S,P] and [N,T,P], got {tuple(a.shape)} and {tuple(b.shape)}")
+    dtype = _count_dtype(a.shape[2])
+    a = _as_bool(a).to(dtype)
+    b = _as_bool(b).to(dtype)
+    return _distances_from_gram(_exact_matmul(a, b), a.sum(-1), b.sum(-1))
+
+
+@dataclass(frozen=True)
+class GedTerms:
+    """The three expectations of the GED and the GED itself, each float64 [N].
+
+    cross = E d(S,Y); sample_diversity = E d(S,S'); annotation_diversity = E d(Y,Y');
+    ged = 2 cross - sample_diversity - annotation_diversity.
+    """
+
+    ged: Tensor
+    cross: Tensor
+    sample_diversity: Tensor
+    annotation_diversity: Tensor
+
+
+def _check_sets(samples: Tensor, annotations: Tensor) -> None:
+    if samples.ndim != 4 or annotations.ndim != 4:
+        raise ValueError(
+            f"expected samples [N,S,H,W] and annotations [N,D,H,W], got {tuple(samples.shape)} and "
+            f"{tuple(annotations.shape)}"
+        )
+    if samples.shape[0] != annotations.shape[0] or samples.shape[2:] != annotations.shape[2:]:
+        raise ValueError(
+            f"samples {tuple(samples.shape)} and annotations {tuple(annotations.shape)} differ in N, H or W"
+        )
+
+
+def ged_terms(samples: Tensor, annotations: Tensor, chunk: int = 32) -> GedTerms:
+    """GED and its terms per image, computed from one Gram matrix per chunk of images.
+
+    samples: bool [N,S,H,W]; annotations: bool [N,D,H,W] (numeric {0,1} accepted; nonzero is foreground).
+    chunk: images per batched matmul; memory is about chunk * (S+D) * H*W * 4 bytes plus the bool inputs.
+    Returns a `GedTerms` of float64 [N] tensors on the inputs' device.
+    """
+    _check_sets(samples, annotations)
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n, s = samples.shape[:2]
+    pixels = samples.shape[2] * samples.shape[3]
+    dtype = _count_dtype(pixels)
+    parts: list[Tensor] = []
+    for start in range(0, n, chunk):
+        # Stack samples and annotations so that one bmm gives all S+D by S+D intersections: the SS, SY and YY
+        # blocks are read off the same Gram matrix.
+        # Convert straight into one float buffer (copy_ casts), so the chunk holds a single float copy.
+        s_part, y_part = samples[start : start + chunk], annotations[start : start + chunk]
+        x = torch.empty(s_part.shape[0], s + y_part.shape[1], pixels, dtype=dtype, device=samples.device)
+        x[:, :s].copy_(_as_bool(s_part).flatten(2))
+        x[:, s:].copy_(_as_bool(y_part).flatten(2))
+        gram = _exact_matmul(x, x)
+        sizes = torch.diagonal(gram, dim1=1, dim2=2)  # |x_i & x_i| = |x_i|
+        dist = _distances_from_gram(gram, sizes, sizes)  # [n,S+D,S+D]
+        parts.append(
+            torch.stack(
+                (dist[:, :s, s:].mean(dim=(1, 2)), dist[:, :s, :s].mean(dim=(1, 2)), dist[:, s:, s:].mean(dim=(1, 2))),
+                dim=1,
+            )
+        )
+    if parts:
+        terms = torch.cat(parts)
+    else:
+        terms = torch.zeros(0, 3, dtype=torch.float64, device=samples.device)
+    cross, div_s, div_y = terms.unbind(1)
+    return GedTerms(ged=2 * cross - div_s - div_y, cross=cross, sample_diversity=div_s, annotation_diversity=div_y)
+
+
+def ged(samples: Tensor, annotations: Tensor, chunk: int = 32) -> Tensor:
+    """Squared generalised energy distance D^2_GED per image.
+
+    samples: bool [N,S,H,W]; annotations: bool [N,D,H,W]. Returns float64 [N]. The reported GED is the mean of
+    this over all test images, empty ones included. See `ged_terms` for the memory bound set by `chunk`.
+    """
+    return ged_terms(samples, annotations, chunk).ged
+
+
+def expected_distance(samples: Tensor, annotations: Tensor, chunk: int = 32) -> Tensor:
+    """E d(S,Y) per image: the mean distance between a sample and an annotation. [N,S,H,W], [N,D,H,W] -> [N]."""
+    _check_sets(samples, annotations)
+    out = [
+        pairwise_distance(samples[i : i + chunk].flatten(2), annotations[i : i + chunk].flatten(2)).mean(dim=(1, 2))
+        for i in range(0, samples.shape[0], chunk)
+    ]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=samples.device)
+
+
+def diversity(samples: Tensor, chunk: int = 32) -> Tensor:
+    """E d(S,S') per image over all ordered pairs, i == j included (V-statistic). [N,S,H,W] -> float64 [N]."""
+    if samples.ndim != 4:
+        raise ValueError(f"diversity expects samples [N,S,H,W], got shape {tuple(samples.shape)}")
+    out = []
+    for i in range(0, samples.shape[0], chunk):
+        flat = samples[i : i + chunk].flatten(2)
+        out.append(pairwise_distance(flat, flat).mean(dim=(1, 2)))
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=samples.device)
+
+
+# ---------------------------------------------------------------------------------------------------------- NCC
+
+
+def ncc(a: Tensor, b: Tensor) -> Tensor:
+    """Normalised cross-correlation per image: (1/n) sum (a - mu_a)(b - mu_b) / (sigma_a sigma_b).
+
+    a, b: float [N,H,W] (e.g. predicted and grader variance maps). Population sigma. Returns float64 [N], NaN
+    where either map is constant. "Constant" is tested exactly as max == min rather than sigma == 0 or a
+    tolerance: a constant float map can give a variance of ~1e-34 instead of 0 through rounding of its mean, and
+    any tolerance would also drop genuine maps with tiny variation.
+    """
+    if a.shape != b.shape or a.ndim != 3:
+        raise ValueError(f"ncc expects two [N,H,W] maps of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    a = a.flatten(1).to(torch.float64)
+    b = b.flatten(1).to(torch.float64)
+    ac = a - a.mean(dim=1, keepdim=True)
+    bc = b - b.mean(dim=1, keepdim=True)
+    cov = (ac * bc).mean(dim=1)
+    den = torch.sqrt((ac * ac).mean(dim=1) * (bc * bc).mean(dim=1))
+    defined = (a.amax(dim=1) > a.amin(dim=1)) & (b.amax(dim=1) > b.amin(dim=1))
+    value = cov / torch.where(defined, den, torch.ones_like(den))
+    # Rounding can put a perfect correlation at 1 + 2e-16; keep the value in its mathematical range.
+    value = value.clamp(-1.0, 1.0)
+    return torch.where(defined, value, torch.full_like(value, float("nan")))
+
+
+@dataclass(frozen=True)
+class NccSummary:
+    """Mean NCC over the images where it is defined, and how many were (not) defined."""
+
+    mean: float
+    defined: int
+    excluded: int
+
+
+def summarize_ncc(values: Tensor) -> NccSummary:
+    """values: [N] per-image NCC with NaN where undefined. The mean is NaN when no image is defined."""
+    values = values.detach().reshape(-1).to(torch.float64)
+    ok = ~torch.isnan(values)
+    defined = int(ok.sum())
+    mean = float(values[ok].mean()) if defined else math.nan
+    return NccSummary(mean=mean, defined=defined, excluded=int(values.numel()) - defined)
+
+
+# -------------------------------------------------------------------------------------------------- calibration
+
+
+def brier(p_m: Tensor, p_g: Tensor) -> Tensor:
+    """Brier score per image: mean over pixels of (p_m - p_g)^2. p_m, p_g: [N,H,W] in [0,1] -> float64 [N]."""
+    if p_m.shape != p_g.shape:
+        raise ValueError(f"brier expects maps of one shape, got {tuple(p_m.shape)} and {tuple(p_g.shape)}")
+    diff = p_m.to(torch.float64) - p_g.to(torch.float64)
+    return (diff * diff).flatten(1).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """Reliability diagram over all pixels, float64 CPU tensors.
+
+    bin_edges [bins+1]; mean_pred, mean_obs, counts [bins]. mean_obs is the mean p_g of the pixels whose p_m lies
+    in the bin; mean_pred and mean_obs are NaN for empty bins.
+    """
+
+    bin_edges: Tensor
+    mean_pred: Tensor
+    mean_obs: Tensor
+    counts: Tensor
+
+
+def reliability(p_m: Tensor, p_g: Tensor, bins: int = 10) -> Reliability:
+    """Bin every pixel by p_m into `bins` equal bins of [0,1] (1.0 goes in the last bin) and average p_m and p_g.
+
+    p_m, p_g: [N,H,W] (any matching shape) in [0,1]. Returns a `Reliability` on the CPU.
+    """
+    if p_m.shape != p_g.shape:
+        raise ValueError(f"reliability expects maps of one shape, got {tuple(p_m.shape)} and {tuple(p_g.shape)}")
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    pred = p_m.detach().reshape(-1).to(torch.float64)
+    obs = p_g.detach().reshape(-1).to(torch.float64)
+    idx = (pred * bins).floor().long().clamp(0, bins - 1)
+    counts = torch.zeros(bins, dtype=torch.float64, device=pred.device).index_add_(0, idx, torch.ones_like(pred))
+    sum_pred = torch.zeros_like(counts).index_add_(0, idx, pred)
+    sum_obs = torch.zeros_like(counts).index_add_(0, idx, obs)
+    safe = torch.where(counts > 0, counts, torch.ones_like(counts))
+    nan = torch.full_like(counts, float("nan"))
+    return Reliability(
+        bin_edges=torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64),
+        mean_pred=torch.where(counts > 0, sum_pred / safe, nan).cpu(),
+        mean_obs=torch.where(counts > 0, sum_obs / safe, nan).cpu(),
+        counts=counts.cpu(),
+    )
+
+
+def ece(p_m: Tensor, p_g: Tensor, bins: int = 10) -> float:
+    """Expected calibration error: sum over non-empty bins of (count / total) * |mean_pred - mean_obs|."""
+    rel = reliability(p_m, p_g, bins)
+    total = float(rel.counts.sum())
+    if total == 0:
+        return math.nan
+    ok = rel.counts > 0
+    gap = (rel.mean_pred[ok] - rel.mean_obs[ok]).abs()
+    return float((rel.counts[ok] * gap).sum() / total)

@@ -1,0 +1,138 @@
+"""Search-space files (`sweep/<dataset>.yaml`, DESIGN.md section 9), validated before Ray starts.
+
+A space maps dotted config keys to one distribution each:
+`{loguniform: [lo, hi]}` | `{uniform: [lo, hi]}` | `{choice: [...]}` | `{int: [lo, hi]}`.
+Every key must name a leaf of the config schema, and the first point evaluated is the dataset config's own
+values (Table 1 of the paper for LIDC and MICCAI2012) unless the file gives `first_point`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import Config, is_config_key, read_yaml
+from .errors import ConfigError
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "int")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Distribution(_Strict):
+    """One distribution, written in YAML as a one-key mapping such as `{loguniform: [1e-5, 1e-2]}`."""
+
+    kind: Literal["loguniform", "uniform", "choice", "int"]
+    value: Any
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mapping(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or len(raw) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)}, e.g. {{loguniform: [1e-5, 1e-2]}}")
+        kind, value = next(iter(raw.items()))
+        if kind not in DISTRIBUTIONS:
+            raise ValueError(f"unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+        return {"kind": kind, "value": value}
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Distribution":
+        kind, value = self.kind, self.value
+        if kind == "choice":
+            if not isinstance(value, list) or not value:
+                raise ValueError("choice needs a non-empty list of options")
+            return self
+        if not (isinstance(value, list) and len(value) == 2 and all(_is_number(v) for v in value)):
+            raise ValueError(f"{kind} needs [lo, hi] numbers, got {value!r}")
+        lo, hi = value
+        if kind == "int" and not all(float(v).is_integer() for v in value):
+            raise ValueError(f"int bounds must be integers, got {value!r}")
+        if not lo < hi:
+            raise ValueError(f"{kind} bounds must satisfy lo < hi, got [{lo}, {hi}]")
+        if kind == "loguniform" and lo <= 0:
+            raise ValueError(f"loguniform bounds must be positive, got [{lo}, {hi}]")
+        return self
+
+    def contains(self, x: Any) -> bool:
+        if self.kind == "choice":
+            return x in self.value
+        lo, hi = self.value
+        return _is_number(x) and lo <= x <= hi
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class Scheduler(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    max_epochs: int | None = Field(None, ge=1, description="default: train.epochs of the config")
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SweepSpace(_Strict):
+    metric: str = "val/ged"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    max_failures: int = Field(1, ge=1)
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    space: dict[str, Distribution]
+    first_point: dict[str, Any] | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _keys_in_schema(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        if not space:
+            raise ValueError("space is empty: give at least one dotted config key to search")
+        for key in space:
+            if not is_config_key(key):
+                raise ValueError(f"{key!r} is not a config key (e.g. loss.beta, optim.lr)")
+        return space
+
+    def first(self, base: Config) -> dict[str, Any]:
+        """The first point to evaluate: `first_point`, else the base config's values of the searched keys.
+
+        A base value outside its searched range is left to the searcher (and said in the returned dict's
+        absence) rather than silently clipped.
+        """
+        if self.first_point is not None:
+            unknown = [k for k in self.first_point if k not in self.space]
+            if unknown:
+                raise ConfigError(f"first_point keys not in space: {', '.join(unknown)}")
+            return dict(self.first_point)
+        flat = base.flat()
+        return {k: flat[k] for k, dist in self.space.items() if dist.contains(flat[k])}
+
+
+def load_space(path: str | Path) -> SweepSpace:
+    """Read and validate a search-space YAML; errors are one line naming the file and the key."""
+    raw = read_yaml(path)
+    try:
+        return SweepSpace.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "space"
+        msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {where}: {msg}") from None
+
+
+def default_space_path(dataset: str) -> Path:
+    name = "lidc" if dataset == "lidc-toolbox" else dataset
+    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = root / "sweep" / f"{name}.yaml"
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no search space for dataset {dataset!r} (looked for sweep/{name}.yaml)")

@@ -1,0 +1,440 @@
+"""Ray Tune adapter: `supuq sweep` as Optuna (TPE) + ASHA over `supuq.train.fit`, one MLflow child run per trial.
+
+Only `ray.tune` names are used (Train V2 is on in Ray 2.60: `ray.train.RunConfig`/`ray.train.report` break
+Tune function trainables). The trainable is a thin adapter: trial params -> pydantic config -> `fit` with a
+reporter that logs to MLflow and calls `tune.report(metrics, checkpoint=...)`.
+
+Sweep folder `<storage>/<name>/` holds Ray's experiment state, `supuq_sweep.json` (parent run id, tracking
+URI, base config, space: what `--resume` needs) and `best.yaml` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Config, dump_config, load_config, default_config_path, validate_config
+from .errors import ConfigError, SupuqError
+from .sweep_space import SweepSpace, default_space_path, load_space
+
+STATE_FILE = "supuq_sweep.json"
+TRIAL_TAG = "supuq.trial_id"
+
+
+@dataclass
+class SweepOptions:
+    """Everything `supuq sweep` accepts; None means "from the space file / config"."""
+
+    dataset: str = "synthetic"
+    config: Path | None = None
+    space: Path | None = None
+    samples: int | None = None
+    concurrent: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    name: str | None = None
+    resume: str | None = None
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """The sweep stopped before all trials finished (Ctrl-C, or the driver lost its trials)."""
+
+    def __init__(self, name: str, finished: int, total: int):
+        self.name, self.finished, self.total = name, finished, total
+        super().__init__(f"sweep {name} interrupted after {finished} of {total} trials")
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    path: str
+    parent_run_id: str
+    trials: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    complete: bool
+    stopped_early: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------- trainable
+
+
+def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str) -> None:
+    """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`."""
+    import torch
+    from ray import tune
+
+    from . import tracking
+    from .data.prepare import load_dataset
+    from .train import fit
+
+    ctx = tune.get_context()
+    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+    cfg = validate_config(json.loads(base)).updated(params)
+    cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1))
+    torch.set_num_threads(max(1, cpus))
+    data = load_dataset(_reachable_data(cfg).data)
+
+    existing = tracking.child_runs(uri, parent_run_id, filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'")
+    run_id = existing[0].info.run_id if existing else None
+    tags = {**tracking.standard_tags(cfg), TRIAL_TAG: trial_id, "supuq.kind": "trial"}
+    with contextlib.ExitStack() as stack:
+        resume_dir = None
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            resume_dir = stack.enter_context(checkpoint.as_directory())
+        run = stack.enter_context(
+            tracking.tracked_run(uri, experiment, run_name=trial_name, parent_run_id=parent_run_id, tags=tags,
+                                 run_id=run_id)
+        )
+        if run_id is None:
+            run.log_config(cfg)
+        run.set_tags({"supuq.config": json.dumps(cfg.model_dump(mode="json"))})
+        log = tracking.MlflowReporter(run, quiet=True)
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="supuq-trial-"))
+
+        def report(metrics: dict[str, float], epoch: int, checkpoint_path: str | None) -> None:
+            log(metrics, epoch, checkpoint_path)
+            saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
+            tune.report({**metrics, "epoch": epoch}, checkpoint=saved)
+
+        report.quiet = True  # type: ignore[attr-defined]
+        fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
+
+
+def _reachable_data(cfg: Config) -> Config:
+    """On a worker that cannot see the driver's synthetic cache (another node, no shared disk), regenerate the
+    synthetic set locally: it is deterministic for its parameters."""
+    if cfg.data.dataset == "synthetic" and cfg.data.cache and not Path(cfg.data.cache).is_dir():
+        return cfg.updated({"data.cache": None})
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
+    """Load and validate the config and search space (before Ray starts), with CLI overrides applied."""
+    from .config import DATASETS
+
+    if opts.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {opts.dataset!r}; choose one of {', '.join(DATASETS)}")
+    cfg = load_config(opts.config or default_config_path(opts.dataset), opts.overrides)
+    if cfg.data.dataset != opts.dataset:
+        raise ConfigError(f"config is for dataset {cfg.data.dataset!r}, not {opts.dataset!r}")
+    space = load_space(opts.space or default_space_path(opts.dataset))
+    changes: dict[str, Any] = {}
+    if opts.samples is not None:
+        changes["num_samples"] = opts.samples
+    if opts.concurrent is not None:
+        changes["max_concurrent"] = opts.concurrent
+    resources = space.resources.model_dump()
+    if opts.cpus_per_trial is not None:
+        resources["cpu"] = opts.cpus_per_trial
+    if opts.gpus_per_trial is not None:
+        resources["gpu"] = opts.gpus_per_trial
+    changes["resources"] = resources
+    raw = {**space.model_dump(mode="json"), **changes}
+    raw["space"] = {k: {d["kind"]: d["value"]} for k, d in raw["space"].items()}
+    space = SweepSpace.model_validate(raw)
+    for key in space.space:  # every sampled point must give a valid config: check the first one now
+        cfg.updated({key: _example(space.space[key])})
+    return cfg, space
+
+
+def _example(dist) -> Any:
+    return dist.value[0]
+
+
+def param_space(space: SweepSpace) -> dict[str, Any]:
+    from ray import tune
+
+    make = {
+        "loguniform": lambda v: tune.loguniform(*v),
+        "uniform": lambda v: tune.uniform(*v),
+        "int": lambda v: tune.randint(int(v[0]), int(v[1]) + 1),
+        "choice": lambda v: tune.choice(v),
+    }
+    return {key: make[dist.kind](dist.value) for key, dist in space.space.items()}
+
+
+def connect_ray(address: str | None, cpus: float | None = None) -> None:
+    """Start a local Ray instance, or join `address` (auto | HOST:PORT | ray://HOST:10001)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=cpus, **kwargs)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError, and its own auth errors
+        text = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        if "auth" in text.lower() or "token" in text.lower():
+            raise SupuqError(
+                f"cannot join Ray cluster at {address}: {text}. The cluster uses token authentication: set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            ) from None
+        where = f"Ray cluster at {address}" if address else "a local Ray instance"
+        raise SupuqError(f"cannot start or join {where}: {text}") from None
+
+
+def check_resources(space: SweepSpace) -> None:
+    """Fail fast when a trial asks for more than the cluster has (Ray would leave it PENDING forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = space.resources
+    if need.gpu > 0 and have.get("GPU", 0) < need.gpu:
+        raise SupuqError(
+            f"each trial asks for {need.gpu:g} GPU but the Ray cluster has {have.get('GPU', 0):g}; "
+            "use --gpus-per-trial 0 or join a cluster with GPUs"
+        )
+    if have.get("CPU", 0) < need.cpu:
+        raise SupuqError(f"each trial asks for {need.cpu:g} CPU but the Ray cluster has {have.get('CPU', 0):g}")
+
+
+def storage_root(storage: str | None) -> str:
+    """Default `ray_results/` under the working directory (absolute: Ray requires it)."""
+    if storage is None:
+        return str((Path.cwd() / "ray_results").resolve())
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def _fs(path: str):
+    """A pyarrow filesystem and path inside it for a local path or an s3:// URI (endpoint from env)."""
+    import pyarrow.fs
+
+    if "://" not in path:
+        return pyarrow.fs.LocalFileSystem(), path
+    if path.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        fs = pyarrow.fs.S3FileSystem(
+            endpoint_override=os.environ["AWS_ENDPOINT_URL"], region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        )
+        return fs, path[len("s3://") :]
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def storage_filesystem(storage: str):
+    """The filesystem Ray should use: explicit for s3:// with AWS_ENDPOINT_URL (S3-compatible servers)."""
+    if storage.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        return _fs(storage)[0]
+    return None
+
+
+def write_text(root: str, relative: str, text: str) -> None:
+    fs, base = _fs(root)
+    path = f"{base}/{relative}"
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def read_text(root: str, relative: str) -> str | None:
+    import pyarrow
+
+    fs, base = _fs(root)
+    try:
+        with fs.open_input_stream(f"{base}/{relative}") as stream:
+            return stream.read().decode()
+    except (FileNotFoundError, OSError, pyarrow.ArrowException):
+        return None
+
+
+def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
+    """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from . import tracking
+    from .data.prepare import default_cache_dir, load_dataset
+
+    started = time.perf_counter()
+    root = storage_root(opts.storage)
+    if opts.resume:
+        name = opts.resume
+        state_text = read_text(root, f"{name}/{STATE_FILE}")
+        if state_text is None:
+            raise SupuqError(f"no sweep named {name!r} under {root} (nothing to resume)")
+        state = json.loads(state_text)
+        cfg = validate_config(state["config"], "saved sweep config")
+        space = SweepSpace.model_validate(state["space_raw"])
+        uri = tracking.resolve_tracking_uri(opts.tracking_uri or state["tracking_uri"])
+    else:
+        cfg, space = prepare_sweep(opts)
+        name = opts.name or f"{opts.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if read_text(root, f"{name}/{STATE_FILE}") is not None:
+            raise SupuqError(f"a sweep named {name!r} already exists under {root}; use --resume {name} or another --name")
+        uri = tracking.resolve_tracking_uri(opts.tracking_uri)
+        # Generate / check the dataset once in the driver, and hand trials its absolute cache path, so that
+        # concurrent trials never race to write the same cache.
+        load_dataset(cfg.data)
+        if cfg.data.cache is None:
+            cache = default_cache_dir(cfg.data.dataset, cfg.data).resolve()
+            cfg = cfg.updated({"data.cache": str(cache)})
+
+    experiment = tracking.experiment_name(cfg.data.dataset)
+    tracking.init_store(uri, experiment)  # schema + experiment before any worker touches the store
+    max_epochs = space.scheduler.max_epochs or cfg.train.epochs
+    if max_epochs != cfg.train.epochs:
+        cfg = cfg.updated({"train.epochs": max_epochs})
+
+    connect_ray(opts.address)
+    try:
+        check_resources(space)
+        if opts.resume:
+            parent_id = state["parent_run_id"]
+        else:
+            parent_id = tracking.create_run(
+                uri, experiment, run_name=name, tags={"supuq.kind": "sweep", "supuq.dataset": cfg.data.dataset}
+            )
+            space_raw = space.model_dump(mode="json")
+            space_raw["space"] = {k: {d["kind"]: d["value"]} for k, d in space_raw["space"].items()}
+            state = {
+                "parent_run_id": parent_id, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
+                "space_raw": space_raw, "dataset": cfg.data.dataset, "created": time.time(),
+            }
+            write_text(root, f"{name}/{STATE_FILE}", json.dumps(state, indent=2))
+
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                trial_main, base=json.dumps(cfg.model_dump(mode="json")), uri=uri, experiment=experiment,
+                parent_run_id=parent_id,
+            ),
+            {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+        )
+        fs = storage_filesystem(root)
+        with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent:
+            if not opts.resume:
+                parent.log_config(cfg)
+                parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
+            if opts.resume:
+                tuner = tune.Tuner.restore(
+                    f"{root}/{name}", trainable, resume_unfinished=True, restart_errored=True,
+                    storage_filesystem=fs,
+                )
+            else:
+                searcher = OptunaSearch(seed=space.seed, points_to_evaluate=[space.first(cfg)] or None)
+                scheduler = (
+                    ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=space.scheduler.grace_period,
+                                  reduction_factor=space.scheduler.reduction_factor)
+                    if space.scheduler.type == "asha"
+                    else FIFOScheduler()
+                )
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=param_space(space),
+                    tune_config=tune.TuneConfig(
+                        metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
+                        scheduler=scheduler, max_concurrent_trials=space.max_concurrent,
+                    ),
+                    run_config=tune.RunConfig(
+                        name=name, storage_path=root, storage_filesystem=fs,
+                        failure_config=tune.FailureConfig(max_failures=space.max_failures),
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                        verbose=0 if console is None else 1,
+                    ),
+                )
+            grid = tuner.fit()
+            trials = summarize_trials(grid, space, max_epochs)
+            complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
+            stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
+            best = pick_best(trials, space)
+            if best is not None:
+                best_cfg = cfg.updated(best["params"])
+                text = dump_config(best_cfg)
+                write_text(root, f"{name}/best.yaml", text)
+                parent.log_text(text, "best.yaml")
+                parent.set_tags({"supuq.best_trial": best["trial_id"], "supuq.best_run": best.get("run_id", ""),
+                                 "supuq.sweep_name": name, "supuq.sweep_path": f"{root}/{name}"})
+                parent.log_metrics({f"best/{k}": v for k, v in best["metrics"].items()}, step=0)
+            parent.set_tags({"supuq.complete": str(complete).lower(), "supuq.asha_stopped": str(stopped)})
+            if not complete:  # the parent run ends KILLED; the CLI prints how to resume
+                finished = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+                raise SweepInterrupted(name, finished, space.num_samples)
+    finally:
+        import ray
+
+        if not opts.address:
+            ray.shutdown()
+    return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,
+                        time.perf_counter() - started)
+
+
+def summarize_trials(grid, space: SweepSpace, max_epochs: int) -> list[dict[str, Any]]:
+    """One dict per trial: id, status (TERMINATED/ERROR/...), params, last metrics, epochs reached, node."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
+        rows.append({
+            "trial_id": trial_id,
+            "status": "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING"),
+            "error": str(result.error).splitlines()[0] if result.error else None,
+            "params": {k: config[k] for k in space.space if k in config},
+            "metrics": {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float))},
+            "epochs": int(metrics.get("epoch", 0)),
+            "node_ip": metrics.get("node_ip"),
+            "path": result.path,
+        })
+    return rows
+
+
+def _trial_id_from_path(path: str | None) -> str:
+    return Path(path).name.split("_")[1] if path and "_" in Path(path).name else ""
+
+
+def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
+    """Give every child run a final status: trials killed by a dead worker -> FAILED, stopped by ASHA ->
+    KILLED with a tag saying why, still running when the sweep was interrupted -> KILLED (resumable).
+    Returns how many trials ASHA stopped early."""
+    from . import tracking
+
+    by_trial = {t["trial_id"]: t for t in trials}
+    stopped = 0
+    for run in tracking.child_runs(uri, parent_id):
+        trial = by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
+        if trial is not None:
+            trial["run_id"] = run.info.run_id
+        early = trial is not None and trial["status"] == "TERMINATED" and trial["epochs"] < max_epochs
+        stopped += early
+        if run.info.status != "RUNNING" and not early:
+            continue
+        if trial is not None and trial["status"] == "ERROR":
+            tracking.end_run(uri, run.info.run_id, "FAILED", {"supuq.stop_reason": trial["error"] or "error"})
+        elif early:
+            tracking.end_run(uri, run.info.run_id, "KILLED",
+                             {"supuq.stop_reason": f"stopped early by ASHA at epoch {trial['epochs']}"})
+        elif run.info.status == "RUNNING":
+            reason = "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial ended"
+            tracking.end_run(uri, run.info.run_id, "KILLED", {"supuq.stop_reason": reason})
+    return stopped
+
+
+def pick_best(trials: list[dict], space: SweepSpace) -> dict | None:
+    """The trial with the best last reported value of the space's metric (NaN values never win)."""
+    import math
+
+    scored = [t for t in trials if space.metric in t["metrics"] and not math.isnan(t["metrics"][space.metric])]
+    if not scored:
+        return None
+    sign = 1 if space.mode == "min" else -1
+    return min(scored, key=lambda t: sign * t["metrics"][space.metric])

@@ -1,0 +1,126 @@
+"""Dataset entry points: prepare/load caches, describe, show, failure modes of the cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import supuq.data.types as types
+from supuq.config import DataConfig, SyntheticConfig
+from supuq.data.prepare import default_cache_dir, describe, load_dataset, prepare, show
+from supuq.data.types import MultiGraderSet
+from supuq.errors import DataError
+
+SMALL = DataConfig(dataset="synthetic", synthetic=SyntheticConfig(n=24, size=16, graders=3, seed=2))
+
+
+def test_prepare_synthetic_and_load_back_mmap(tmp_path):
+    path = prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
+    assert path == tmp_path / "cache"
+    ds = MultiGraderSet.load(path)
+    assert isinstance(ds.images, np.memmap) and isinstance(ds.masks, np.memmap)
+    assert ds.images.shape == (24, 1, 16, 16) and ds.masks.shape == (24, 3, 16, 16) and ds.prob is not None
+    assert ds.meta["dataset"] == "synthetic" and ds.meta["generator"]["seed"] == 2
+    assert list(ds.groups[:4]) == ["syn00000"] * 4
+    assert not list(tmp_path.glob(".cache.tmp-*"))
+
+
+def test_default_cache_dir_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_cache_dir("synthetic", SMALL) == tmp_path / "data" / "synthetic-n24-s16-g3-seed2"
+    assert default_cache_dir("miccai2012") == tmp_path / "data" / "miccai2012"
+    with pytest.raises(DataError, match="unknown dataset"):
+        default_cache_dir("mnist")
+
+
+def test_load_dataset_synthetic_generates_then_reuses_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = load_dataset(SMALL)
+    folder = tmp_path / "data" / "synthetic-n24-s16-g3-seed2"
+    assert (folder / "meta.json").is_file()
+    again = load_dataset(SMALL)
+    assert isinstance(again.images, np.memmap)
+    np.testing.assert_array_equal(first.masks, again.masks)
+    explicit = load_dataset(DataConfig(cache=str(folder)))
+    np.testing.assert_array_equal(explicit.images, first.images)
+
+
+def test_load_dataset_real_without_cache_says_how_to_prepare(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="supuq data prepare miccai2012 --root"):
+        load_dataset(DataConfig(dataset="miccai2012"))
+    with pytest.raises(DataError, match="no such dataset cache folder"):
+        load_dataset(DataConfig(cache=str(tmp_path / "nowhere")))
+
+
+def test_prepare_real_dataset_needs_a_root(tmp_path):
+    with pytest.raises(DataError, match="needs --root"):
+        prepare("miccai2012", out=tmp_path / "c")
+    with pytest.raises(DataError, match="no such dataset folder"):
+        prepare("lidc-toolbox", root=tmp_path / "absent", out=tmp_path / "c")
+    with pytest.raises(DataError, match="unknown dataset"):
+        prepare("mnist", out=tmp_path / "c")
+
+
+def test_stale_real_cache_is_reported(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ds = MultiGraderSet(np.zeros((2, 1, 8, 8), np.float32), np.zeros((2, 3, 8, 8), np.uint8), np.array(["a", "b"]),
+                        meta={"dataset": "miccai2012", "crop": 64, "min_graders": 3, "keep_empty": False})
+    ds.save(tmp_path / "data" / "miccai2012")
+    with pytest.raises(DataError, match="crop=64"):
+        load_dataset(DataConfig(dataset="miccai2012", crop=128))
+    assert len(load_dataset(DataConfig(dataset="miccai2012", crop=64))) == 2
+
+
+def test_describe_values_are_sane():
+    from supuq.data.synthetic import generate
+
+    ds = generate(40, size=24, graders=4, seed=0)
+    info = describe(ds)
+    assert info["count"] == 40 and info["size"] == [24, 24] and info["graders"] == 4 and info["groups"] == 10
+    assert 0 < info["all_empty_fraction"] <= info["empty_mask_fraction"] < 1
+    assert 0 < info["grader_variance"] < info["grader_variance_union"] <= 0.25
+    assert 0 < info["foreground_fraction"] < 0.5
+    assert info["prob_mean"] == pytest.approx(info["foreground_fraction"], abs=0.02)
+    json.dumps(info)  # JSON-friendly
+
+    masks = np.zeros((2, 2, 4, 4), np.uint8)
+    masks[0, 0, :2, :2] = 1  # image 0: grader 1 draws 4 pixels, grader 2 nothing; image 1: all empty
+    known = describe(MultiGraderSet(np.zeros((2, 1, 4, 4), np.float32), masks, np.array(["p", "p"])))
+    assert known["empty_mask_fraction"] == 0.75 and known["all_empty_fraction"] == 0.5
+    assert known["grader_variance_union"] == 0.25 and known["grader_variance"] == pytest.approx(4 * 0.25 / 32)
+    assert known["foreground_fraction"] == pytest.approx(4 / 64)
+
+
+def test_show_writes_a_png(tmp_path):
+    path = prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
+    png = show(MultiGraderSet.load(path), tmp_path / "fig" / "grid.png", n=5, seed=1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_other_format_version_is_a_data_error(tmp_path):
+    path = prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["format_version"] = 999
+    (path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="format version 999"):
+        load_dataset(DataConfig(cache=str(path)))
+
+
+def test_interrupted_write_leaves_no_cache(tmp_path, monkeypatch):
+    real_save = np.save
+    calls = []
+
+    def failing_save(file, arr, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:  # images written, then the disk "fills up" on masks
+            raise OSError("No space left on device")
+        return real_save(file, arr, *args, **kwargs)
+
+    monkeypatch.setattr(types.np, "save", failing_save)
+    with pytest.raises(OSError, match="No space"):
+        prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
+    assert not (tmp_path / "cache").exists()
+    assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too

@@ -1,0 +1,299 @@
+"""supuq.tracking against real MLflow: a sqlite store in tmp_path, real subprocesses, a real `mlflow server`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from supuq import tracking
+from supuq.config import Config
+from supuq.errors import SupuqError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENT = tracking.experiment_name("synthetic")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    """A fresh local store in tmp_path (the default layout, ./mlflow/mlflow.db), schema and experiment created."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking.resolve_tracking_uri()
+    tracking.init_store(uri, EXPERIMENT)
+    return uri
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_default_uri_and_artifact_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    real = tmp_path.resolve()
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{real}/mlflow/mlflow.db"
+    assert (tmp_path / "mlflow").is_dir()
+    assert tracking.default_artifact_root() == f"{real}/mlflow/artifacts"
+    # a relative sqlite path is pinned to the current directory (Ray workers run elsewhere)
+    assert tracking.resolve_tracking_uri("sqlite:///x/s.db") == f"sqlite:///{real}/x/s.db"
+    assert tracking.default_artifact_root("sqlite:///x/s.db") == f"{real}/x/artifacts"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert tracking.resolve_tracking_uri() == "http://example.invalid:5000"
+    assert tracking.resolve_tracking_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
+    assert tracking.experiment_name("lidc") == "supuq/lidc"
+
+
+def test_run_logs_params_metrics_artifacts(store, tmp_path):
+    cfg = Config().updated({"loss.gamma": 10.0, "model.num_filters": [4, 8]})
+    extra = tmp_path / "notes.txt"
+    extra.write_text("hello")
+    with tracking.tracked_run(store, EXPERIMENT, run_name="r1", tags=tracking.standard_tags(cfg)) as run:
+        run.log_config(cfg)
+        reporter = tracking.MlflowReporter(run, quiet=True)
+        for epoch in range(1, 4):
+            reporter({"train/loss": 1.0 / epoch, "val/ged": 0.5, "phase": "train", "skip": None}, epoch, None)
+        run.log_artifact(extra, subdir="extra")
+        run.log_dict({"a": 1}, "summary.json")
+        run.set_tags({"supuq.kind": "trial"})
+    assert reporter.quiet is True
+
+    client = MlflowClient(tracking_uri=store)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.info.run_name == "r1"
+    params = got.data.params
+    assert params["loss.gamma"] == "10.0"
+    assert yaml.safe_load(params["model.num_filters"]) == [4, 8]
+    assert yaml.safe_load(params["data.cache"]) is None  # JSON "null", not the string "None"
+    assert set(params) == set(cfg.flat())
+    history = client.get_metric_history(run.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+    assert len(client.get_metric_history(run.run_id, "val/ged")) == 3
+    assert "phase" not in got.data.metrics and "skip" not in got.data.metrics
+    tags = got.data.tags
+    assert tags["supuq.method"] == "supervised" and tags["supuq.dataset"] == "synthetic"
+    assert tags["supuq.version"] and tags["supuq.kind"] == "trial"
+    listed = {f.path for f in client.list_artifacts(run.run_id)}
+    assert {"config.yaml", "summary.json", "extra"} <= listed
+    assert [f.path for f in client.list_artifacts(run.run_id, "extra")] == ["extra/notes.txt"]
+    # artifacts land in the store's folder, per experiment
+    assert got.info.artifact_uri.startswith(str(Path(tracking.default_artifact_root()) / "supuq_synthetic"))
+
+    dst = tracking.download_artifact(store, run.run_id, "config.yaml", tmp_path / "dl")
+    assert Config.model_validate(yaml.safe_load(dst.read_text())) == cfg
+    with pytest.raises(SupuqError, match="cannot download"):
+        tracking.download_artifact(store, run.run_id, "nope.txt", tmp_path / "dl")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_tag_present_only_in_a_repo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # tmp_path is not inside a git checkout
+    assert "supuq.git_commit" not in tracking.standard_tags(Config())
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True
+    )
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert tracking.standard_tags(Config())["supuq.git_commit"] == head
+
+
+def test_exception_marks_failed_and_propagates(store):
+    with pytest.raises(ValueError, match="boom"):
+        with tracking.tracked_run(store, EXPERIMENT, run_name="bad") as run:
+            run.log_metrics({"x": 1.0}, step=0)
+            raise ValueError("boom")
+    assert tracking.get_run(store, run.run_id).info.status == "FAILED"
+
+
+def test_keyboard_interrupt_marks_killed(store):
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.tracked_run(store, EXPERIMENT, run_name="interrupted") as run:
+            raise KeyboardInterrupt
+    assert tracking.get_run(store, run.run_id).info.status == "KILLED"
+
+
+def test_resume_continues_the_same_run(store):
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.tracked_run(store, EXPERIMENT, run_name="resumable") as first:
+            first.log_metrics({"val/ged": 0.9}, step=1)
+            raise KeyboardInterrupt
+    with tracking.tracked_run(store, EXPERIMENT, run_id=first.run_id, tags={"supuq.resumed": "1"}) as again:
+        assert tracking.get_run(store, first.run_id).info.status == "RUNNING"
+        again.log_metrics({"val/ged": 0.7}, step=2)
+    assert again.run_id == first.run_id
+    runs = tracking.find_runs(store, EXPERIMENT)
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    got = runs[0]
+    assert got.info.status == "FINISHED" and got.data.tags["supuq.resumed"] == "1"
+    history = MlflowClient(tracking_uri=store).get_metric_history(first.run_id, "val/ged")
+    assert [m.step for m in history] == [1, 2]
+    with pytest.raises(SupuqError, match="no MLflow run"):
+        with tracking.tracked_run(store, EXPERIMENT, run_id="0" * 32):
+            pass
+
+
+def test_parent_and_children(store):
+    with tracking.tracked_run(store, EXPERIMENT, run_name="sweep", tags={"supuq.kind": "sweep"}) as parent:
+        ids = []
+        for i in range(3):
+            with tracking.tracked_run(store, EXPERIMENT, run_name=f"trial{i}", parent_run_id=parent.run_id) as child:
+                child.log_metrics({"val/ged": 0.1 * i}, step=1)
+                ids.append(child.run_id)
+        # an unrelated top-level run is not a child
+        with tracking.tracked_run(store, EXPERIMENT, run_name="other"):
+            pass
+    children = tracking.child_runs(store, parent.run_id)
+    assert [r.info.run_id for r in children] == ids
+    best = tracking.find_runs(
+        store, EXPERIMENT, f"tags.mlflow.parentRunId = '{parent.run_id}'", order_by=["metrics.`val/ged` ASC"]
+    )
+    assert best[0].info.run_id == ids[0]
+    sweeps = tracking.find_runs(store, EXPERIMENT, "tags.`supuq.kind` = 'sweep'")
+    assert [r.info.run_id for r in sweeps] == [parent.run_id]
+    assert tracking.find_runs(store, "supuq/no-such-dataset") == []
+    trial1 = tracking.child_runs(store, parent.run_id, "attributes.run_name = 'trial1'")
+    assert [r.info.run_id for r in trial1] == [ids[1]]
+    # across experiments (None = all), newest first by default
+    tracking.init_store(store, "supuq/other")
+    with tracking.tracked_run(store, "supuq/other", run_name="elsewhere") as elsewhere:
+        pass
+    everywhere = tracking.search_runs(store, None)
+    assert len(everywhere) == 6 and everywhere[0].info.run_id == elsewhere.run_id
+    assert len(tracking.search_runs(store, [EXPERIMENT, "supuq/missing"])) == 5
+    with pytest.raises(SupuqError, match="bad MLflow run filter"):
+        tracking.find_runs(store, EXPERIMENT, "this is not a filter")
+
+
+def test_end_stale_runs(store):
+    client = MlflowClient(tracking_uri=store)
+    with tracking.tracked_run(store, EXPERIMENT, run_name="sweep") as parent:
+        # a child whose process "died": created but never terminated
+        exp = client.get_experiment_by_name(EXPERIMENT).experiment_id
+        dead = client.create_run(exp, tags={"mlflow.parentRunId": parent.run_id}).info.run_id
+        with tracking.tracked_run(store, EXPERIMENT, parent_run_id=parent.run_id) as ok:
+            pass
+        assert tracking.end_stale_runs(store, parent.run_id) == 1
+    assert client.get_run(dead).info.status == "KILLED"
+    assert client.get_run(ok.run_id).info.status == "FINISHED"
+
+
+def test_errors_are_one_line(store, tmp_path):
+    with pytest.raises(SupuqError, match="no MLflow run"):
+        tracking.get_run(store, "f" * 32)
+    port = _free_port()  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(SupuqError, match=f"127.0.0.1:{port} is not reachable") as err:
+        tracking.init_store(f"http://127.0.0.1:{port}", EXPERIMENT)
+    assert time.monotonic() - start < 5 and "\n" not in str(err.value)
+    with pytest.raises(SupuqError, match="nosuchscheme") as err:
+        tracking.init_store("nosuchscheme://x", EXPERIMENT)
+    assert "\n" not in str(err.value)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SupuqError, match="cannot create"):
+        tracking.init_store(f"sqlite:///{blocker}/sub/mlflow.db", EXPERIMENT)
+
+
+_WORKER = """
+import sys, time
+from supuq import tracking
+uri, experiment, index, points = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with tracking.tracked_run(uri, experiment, run_name=f"worker{index}", tags={"worker": str(index)}) as run:
+    start = time.monotonic()
+    for step in range(points):
+        run.log_metrics({"train/loss": 1.0 / (step + 1), "val/ged": float(index)}, step=step)
+    print(time.monotonic() - start)
+"""
+
+
+def test_concurrent_processes_lose_nothing(store, tmp_path):
+    workers, points = 4, 50
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONWARNINGS="ignore")
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, store, EXPERIMENT, str(i), str(points)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    elapsed = time.monotonic() - start
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+    loops = ", ".join(f"{float(out.split()[-1]):.1f}" for out, _ in outputs)
+    print(f"\n{workers} processes x {points} batched log calls: {elapsed:.1f} s wall with interpreter start; "
+          f"logging loops {loops} s")
+
+    client = MlflowClient(tracking_uri=store)
+    runs = tracking.find_runs(store, EXPERIMENT)
+    assert len(runs) == workers and all(r.info.status == "FINISHED" for r in runs)
+    total = 0
+    for run in runs:
+        for key in ("train/loss", "val/ged"):
+            history = client.get_metric_history(run.info.run_id, key)
+            assert sorted(m.step for m in history) == list(range(points))
+            total += len(history)
+        # each point landed in its own process's run
+        worker = float(run.data.tags["worker"])
+        assert all(m.value == worker for m in client.get_metric_history(run.info.run_id, "val/ged"))
+    assert total == workers * points * 2
+
+
+def test_serve_ui(store, tmp_path):
+    with tracking.tracked_run(store, EXPERIMENT, run_name="shown") as run:
+        run.log_metrics({"val/ged": 0.3}, step=1)
+        run.log_text("local artifact", "note.txt")
+
+    port = _free_port()
+    start = time.monotonic()
+    proc = tracking.serve_ui(store, port=port, log_path=tmp_path / "server.log")
+    try:
+        startup = time.monotonic() - start
+        print(f"\nmlflow server answered /health after {startup:.1f} s")
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+            assert response.status == 200 and response.read().strip() == b"OK"
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=10", timeout=10) as resp:
+            names = {e["name"] for e in json.load(resp)["experiments"]}
+        assert EXPERIMENT in names
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+            assert response.status == 200
+
+        # The same API works against the server: a new experiment gets proxied artifacts (mlflow-artifacts:/).
+        remote = tracking.init_store(base, "supuq/remote")
+        with tracking.tracked_run(base, "supuq/remote", run_name="over-http") as remote_run:
+            remote_run.log_metrics({"val/ged": 0.2}, step=1)
+            remote_run.log_text("via server", "remote.txt")
+        got = tracking.get_run(base, remote_run.run_id)
+        assert got.info.experiment_id == remote and got.info.status == "FINISHED"
+        assert got.info.artifact_uri.startswith("mlflow-artifacts:")
+        stored = list(Path(tracking.default_artifact_root()).rglob("remote.txt"))
+        assert len(stored) == 1 and stored[0].read_text() == "via server"
+        # a second server on the same port is refused up front
+        with pytest.raises(SupuqError, match="already in use"):
+            tracking.serve_ui(store, port=port)
+    finally:
+        tracking.stop_server(proc)
+    assert proc.returncode is not None
+    # nothing of the server's process group (mlflow CLI + uvicorn) is left
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
