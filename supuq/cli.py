@@ -27,7 +27,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare, inspect and view dataset caches.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
+# Piped output (CI logs, `| tee`) gets a fixed width wide enough for the tables; terminals keep their own.
+console = Console() if sys.stdout.isatty() else Console(width=130)
 err_console = Console(stderr=True)
 
 
@@ -180,7 +181,7 @@ def sweep(
                           f"continue it with: supuq sweep --resume {stop.name}"
                           + (f" --storage {storage}" if storage else ""))
         raise typer.Exit(130) from None
-    table = Table(title=f"sweep {outcome.name}: trials by {'val/ged'}")
+    table = Table(title=f"sweep {outcome.name}: top trials by validation GED")
     for column in ("trial", "status", "epochs", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr"):
         table.add_column(column, justify="right")
     ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
@@ -247,15 +248,49 @@ def _bar(label: str):
     return manager()
 
 
+@app.command("predict")
+@user_errors
+def predict_cmd(
+    model: str = typer.Argument(..., metavar="MODEL", help="A checkpoint file, an MLflow run id or runs:/<id>/<artifact path>."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="2D image (PNG/TIFF), 3D volume "
+                                      "(.nii/.nii.gz/.mha/.mhd/.nrrd) or a DICOM series folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder."),
+    samples: int = typer.Option(50, help="Binary samples per pixel (weight samples x latent samples)."),
+    weight_samples: int = typer.Option(5, help="Weight-noise samples M (1 for a model without weight noise)."),
+    slices: str = typer.Option("all", help="all | annotated (slices where an --annotation / sibling annotation is non-empty)."),
+    crop: Optional[str] = typer.Option(None, help="N: centre crop N x N | full: tile the whole slice "
+                                       "(default: centre crop of the training size, e.g. 128)."),
+    fmt: str = typer.Option("nifti", "--format", help="nifti (.nii.gz) | same (the input's extension)."),
+    save_samples: bool = typer.Option(False, "--save-samples", help="Also write the binary samples as one image a dimension up."),
+    annotation: list[Path] = typer.Option([], "--annotation", help="Mask file for --slices annotated (repeatable)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (for a run id)."),
+) -> None:
+    """Uncertainty maps (pm, aleatoric, epistemic, total, consensus) of a new image or volume, in its geometry."""
+    from .predict import predict
+
+    outcome = predict(model, input_path, out, samples=samples, weight_samples=weight_samples, slices=slices,
+                      crop=crop, fmt=fmt, save_samples=save_samples, annotations=annotation,
+                      tracking_uri=tracking_uri, device=device, seed=seed, progress=True)
+    d = outcome.details
+    console.print(f"{d['slices']['count']} slice(s), {d['sampling']['weight_samples']} x "
+                  f"{d['sampling']['latent_samples']} samples, crop {d['crop']['mode']} "
+                  f"({d['crop'].get('size', d['crop'].get('tile'))} px), {d['seconds']['total']:.1f} s")
+    console.print(f"wrote {', '.join(p.name for p in outcome.files.values())} to {outcome.out_dir}")
+
+
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | miccai2012"),
-    root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases)."),
+    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
+    root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
+                                        "lidc-pickle: the data_lidc.pickle file."),
     out: Optional[Path] = typer.Option(None, help="Cache folder (default data/<dataset>/)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
     workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
+    task: Optional[str] = typer.Option(None, help="QUBIQ task folder under --root, e.g. brain-growth; NAME:2 for sub-task 2."),
 ) -> None:
     """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
     from .config import DATASETS
@@ -265,6 +300,8 @@ def data_prepare(
     if dataset not in DATASETS:
         raise SupuqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     cfg = _load(config, set_, dataset)
+    if task is not None:
+        cfg = cfg.updated({"data.task": task})
     path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
     _print_info(path, describe(MultiGraderSet.load(path)))
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 
-DATASETS = ("synthetic", "lidc", "lidc-toolbox", "miccai2012")
+DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq")
 METHODS = ("supervised", "kohl", "kendall_gal")
 
 
@@ -33,7 +33,7 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "lidc", "lidc-toolbox", "miccai2012"] = "synthetic"
+    dataset: Literal["synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq"] = "synthetic"
     cache: str | None = Field(None, description="cache folder; default data/<dataset>/ under the working directory")
     synthetic: SyntheticConfig = SyntheticConfig()
     split_seed: int = 0
@@ -42,6 +42,7 @@ class DataConfig(_Strict):
     min_graders: int = Field(3, ge=1)
     keep_empty_slices: bool = False
     crop: int = Field(128, ge=16)
+    task: str | None = Field(None, description="QUBIQ task folder, NAME or NAME:SUBTASK (default sub-task 1)")
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> "DataConfig":
@@ -276,7 +277,7 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
 
 def default_config_path(dataset: str) -> Path:
     """configs/<dataset>.yaml relative to the working directory, falling back to the installed source tree."""
-    name = "lidc" if dataset == "lidc-toolbox" else dataset
+    name = "lidc" if dataset.startswith("lidc") else dataset
     for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
         candidate = root / "configs" / f"{name}.yaml"
         if candidate.is_file():

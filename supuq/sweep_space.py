@@ -3,7 +3,7 @@
 A space maps dotted config keys to one distribution each:
 `{loguniform: [lo, hi]}` | `{uniform: [lo, hi]}` | `{choice: [...]}` | `{int: [lo, hi]}`.
 Every key must name a leaf of the config schema, and the first point evaluated is the dataset config's own
-values (Table 1 of the paper for LIDC and MICCAI2012) unless the file gives `first_point`.
+values (Table 1 of the paper for LIDC and MICCAI2012) unless the file gives `points_to_evaluate`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class SweepSpace(_Strict):
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     space: dict[str, Distribution]
-    first_point: dict[str, Any] | None = None
+    points_to_evaluate: list[dict[str, Any]] | None = None
 
     @field_validator("space")
     @classmethod
@@ -102,19 +102,26 @@ class SweepSpace(_Strict):
                 raise ValueError(f"{key!r} is not a config key (e.g. loss.beta, optim.lr)")
         return space
 
-    def first(self, base: Config) -> dict[str, Any]:
-        """The first point to evaluate: `first_point`, else the base config's values of the searched keys.
-
-        A base value outside its searched range is left to the searcher (and said in the returned dict's
-        absence) rather than silently clipped.
-        """
-        if self.first_point is not None:
-            unknown = [k for k in self.first_point if k not in self.space]
-            if unknown:
-                raise ConfigError(f"first_point keys not in space: {', '.join(unknown)}")
-            return dict(self.first_point)
+    def first_points(self, base: Config) -> list[dict[str, Any]]:
+        """Points evaluated before the searcher's own, each over every searched key: `points_to_evaluate`
+        completed with the base config's values, else one point of the base config's values (Table 1 of
+        the paper for LIDC and MICCAI2012). No point is made when a base value lies outside its range: the
+        searcher starts on its own rather than from a silently clipped value."""
         flat = base.flat()
-        return {k: flat[k] for k, dist in self.space.items() if dist.contains(flat[k])}
+        defaults = {k: flat[k] for k in self.space}
+        given = self.points_to_evaluate if self.points_to_evaluate is not None else [{}]
+        points = []
+        for point in given:
+            unknown = [k for k in point if k not in self.space]
+            if unknown:
+                raise ConfigError(f"points_to_evaluate keys not in space: {', '.join(unknown)}")
+            full = {**defaults, **point}
+            outside = [k for k, v in full.items() if not self.space[k].contains(v)]
+            if outside and point:
+                raise ConfigError(f"points_to_evaluate value outside its range for: {', '.join(outside)}")
+            if not outside:
+                points.append(full)
+        return points
 
 
 def load_space(path: str | Path) -> SweepSpace:

@@ -362,6 +362,13 @@ def end_run(uri: str, run_id: str, status: str, tags: Mapping[str, Any] | None =
     client.set_terminated(run_id, status=status)
 
 
+def archive_run(uri: str, run_id: str, reason: str) -> None:
+    """End a run KILLED with `reason` and soft-delete it: it leaves the experiment's listings but stays
+    recoverable (`mlflow gc` is what would really delete it)."""
+    end_run(uri, run_id, "KILLED", {"supuq.stop_reason": reason})
+    _client(resolve_tracking_uri(uri)).delete_run(run_id)
+
+
 def end_stale_runs(uri: str, parent_run_id: str, status: str = "KILLED") -> int:
     """Mark the children of `parent_run_id` still RUNNING as `status`; returns how many.
 

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import Config, dump_config, load_config, default_config_path, validate_config
+from ray.tune import Callback
+
+from .config import Config, default_config_path, dump_config, load_config, validate_config
 from .errors import ConfigError, SupuqError
 from .sweep_space import SweepSpace, default_space_path, load_space
 
@@ -105,8 +107,11 @@ def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, par
 
         def report(metrics: dict[str, float], epoch: int, checkpoint_path: str | None) -> None:
             log(metrics, epoch, checkpoint_path)
-            saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
-            tune.report({**metrics, "epoch": epoch}, checkpoint=saved)
+            # Tune hears only validation epochs (each with its checkpoint): the searcher and ASHA need the
+            # validation metric in every result, and ASHA's time axis is the "epoch" key, not the report count.
+            if any(key.startswith("val/") for key in metrics):
+                saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
+                tune.report({**metrics, "epoch": epoch}, checkpoint=saved)
 
         report.quiet = True  # type: ignore[attr-defined]
         fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
@@ -121,6 +126,61 @@ def _reachable_data(cfg: Config) -> Config:
 
 
 # ------------------------------------------------------------------------------------------------- driver
+
+
+class TrialProgress(Callback):
+    """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
+    driver-side callback hooks; replaces Tune's verbose tables."""
+
+    def __init__(self, total: int, metric: str, mode: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        super().__init__()
+        self.metric, self.sign, self.best = metric, (1 if mode == "min" else -1), None
+        self.running: set[str] = set()
+        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.fields[info]}"))
+        self._task = self._bar.add_task("trials", total=total, info="")
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_bar", "_task")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._bar = self._task = None
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def _show(self, advance: int = 0) -> None:
+        if self._bar is None:
+            return
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and value == value:
+            if self.best is None or self.sign * value < self.sign * self.best:
+                self.best = float(value)
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self._show(advance=1)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self._show(advance=1)
+
 
 
 def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
@@ -147,13 +207,12 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     raw = {**space.model_dump(mode="json"), **changes}
     raw["space"] = {k: {d["kind"]: d["value"]} for k, d in raw["space"].items()}
     space = SweepSpace.model_validate(raw)
-    for key in space.space:  # every sampled point must give a valid config: check the first one now
-        cfg.updated({key: _example(space.space[key])})
+    # Catch values the config schema rejects before Ray starts: each range's lower end, each given point.
+    for key, dist in space.space.items():
+        cfg.updated({key: dist.value[0]})
+    for point in space.first_points(cfg):
+        cfg.updated(point)
     return cfg, space
-
-
-def _example(dist) -> Any:
-    return dist.value[0]
 
 
 def param_space(space: SweepSpace) -> dict[str, Any]:
@@ -168,12 +227,15 @@ def param_space(space: SweepSpace) -> dict[str, Any]:
     return {key: make[dist.kind](dist.value) for key, dist in space.space.items()}
 
 
-def connect_ray(address: str | None, cpus: float | None = None) -> None:
-    """Start a local Ray instance, or join `address` (auto | HOST:PORT | ray://HOST:10001)."""
+def connect_ray(address: str | None, cpus: float | None = None) -> bool:
+    """Start a local Ray instance, or join `address` (auto | HOST:PORT | ray://HOST:10001).
+
+    Returns True when this call started or joined Ray (so the caller shuts it down), False when Ray was
+    already initialised in this process (a test session's shared instance, a notebook)."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
     try:
         if address:
@@ -189,6 +251,7 @@ def connect_ray(address: str | None, cpus: float | None = None) -> None:
             ) from None
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
         raise SupuqError(f"cannot start or join {where}: {text}") from None
+    return True
 
 
 def check_resources(space: SweepSpace) -> None:
@@ -259,7 +322,6 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     from . import tracking
@@ -295,7 +357,10 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     if max_epochs != cfg.train.epochs:
         cfg = cfg.updated({"train.epochs": max_epochs})
 
-    connect_ray(opts.address)
+    # Tune warns each time a checkpoint forces an experiment snapshot; with one checkpoint per validation
+    # that is every report, and the warning drowns the progress bar.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    owns_ray = connect_ray(opts.address)
     try:
         check_resources(space)
         if opts.resume:
@@ -320,7 +385,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
         )
         fs = storage_filesystem(root)
-        with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent:
+        progress = TrialProgress(space.num_samples, space.metric, space.mode) if console is not None else None
+        with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
                 parent.log_config(cfg)
                 parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
@@ -330,10 +396,10 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     storage_filesystem=fs,
                 )
             else:
-                searcher = OptunaSearch(seed=space.seed, points_to_evaluate=[space.first(cfg)] or None)
+                searcher = OptunaSearch(seed=space.seed, points_to_evaluate=space.first_points(cfg) or None)
                 scheduler = (
                     ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=space.scheduler.grace_period,
-                                  reduction_factor=space.scheduler.reduction_factor)
+                                  reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
                     if space.scheduler.type == "asha"
                     else FIFOScheduler()
                 )
@@ -342,21 +408,23 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     param_space=param_space(space),
                     tune_config=tune.TuneConfig(
                         metric=space.metric, mode=space.mode, num_samples=space.num_samples,
-                        search_alg=ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent),
+                        # Tune wraps the searcher in a ConcurrencyLimiter of this size; without the limit a
+                        # custom searcher runs trials almost one at a time.
+                        search_alg=searcher,
                         scheduler=scheduler, max_concurrent_trials=space.max_concurrent,
                     ),
                     run_config=tune.RunConfig(
                         name=name, storage_path=root, storage_filesystem=fs,
                         failure_config=tune.FailureConfig(max_failures=space.max_failures),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        verbose=0 if console is None else 1,
+                        verbose=0, callbacks=[progress] if progress else None,
                     ),
                 )
             grid = tuner.fit()
             trials = summarize_trials(grid, space, max_epochs)
             complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
             stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
-            best = pick_best(trials, space)
+            best = pick_best(trials, space, max_epochs)
             if best is not None:
                 best_cfg = cfg.updated(best["params"])
                 text = dump_config(best_cfg)
@@ -372,7 +440,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     finally:
         import ray
 
-        if not opts.address:
+        if owns_ray:
             ray.shutdown()
     return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,
                         time.perf_counter() - started)
@@ -403,38 +471,49 @@ def _trial_id_from_path(path: str | None) -> str:
 
 
 def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
-    """Give every child run a final status: trials killed by a dead worker -> FAILED, stopped by ASHA ->
-    KILLED with a tag saying why, still running when the sweep was interrupted -> KILLED (resumable).
-    Returns how many trials ASHA stopped early."""
+    """Give every child run the status its trial really ended with, whatever the trial process managed to
+    write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
+    saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
+    KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
     from . import tracking
 
     by_trial = {t["trial_id"]: t for t in trials}
     stopped = 0
     for run in tracking.child_runs(uri, parent_id):
         trial = by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
-        if trial is not None:
-            trial["run_id"] = run.info.run_id
-        early = trial is not None and trial["status"] == "TERMINATED" and trial["epochs"] < max_epochs
-        stopped += early
-        if run.info.status != "RUNNING" and not early:
+        if trial is None:
+            # A trial that had started when the driver died but was not yet in Tune's saved experiment state:
+            # the restored sweep re-ran that search slot under a new trial id, so this run is a stray copy.
+            tracking.archive_run(uri, run.info.run_id, "trial lost with the interrupted driver; re-run after resume")
             continue
-        if trial is not None and trial["status"] == "ERROR":
-            tracking.end_run(uri, run.info.run_id, "FAILED", {"supuq.stop_reason": trial["error"] or "error"})
-        elif early:
-            tracking.end_run(uri, run.info.run_id, "KILLED",
-                             {"supuq.stop_reason": f"stopped early by ASHA at epoch {trial['epochs']}"})
-        elif run.info.status == "RUNNING":
-            reason = "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial ended"
-            tracking.end_run(uri, run.info.run_id, "KILLED", {"supuq.stop_reason": reason})
+        trial["run_id"] = run.info.run_id
+        status, reason = _final_status(trial, max_epochs, complete)
+        stopped += reason.startswith("stopped early")
+        if run.info.status != status or reason:
+            tracking.end_run(uri, run.info.run_id, status, {"supuq.stop_reason": reason} if reason else None)
     return stopped
 
 
-def pick_best(trials: list[dict], space: SweepSpace) -> dict | None:
-    """The trial with the best last reported value of the space's metric (NaN values never win)."""
+def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str]:
+    if trial["status"] == "ERROR":
+        return "FAILED", trial["error"] or "error"
+    if trial["status"] == "TERMINATED":
+        if trial["epochs"] >= max_epochs:
+            return "FINISHED", ""
+        return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
+    return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
+
+
+def pick_best(trials: list[dict], space: SweepSpace, max_epochs: int) -> dict | None:
+    """The trial with the best last value of the space's metric among trials that ran all `max_epochs`
+    (an ASHA-stopped trial's early value is not comparable with a full run's), falling back to every
+    trial when none finished. NaN values never win."""
     import math
 
     scored = [t for t in trials if space.metric in t["metrics"] and not math.isnan(t["metrics"][space.metric])]
-    if not scored:
+    full = [t for t in scored if t["epochs"] >= max_epochs]
+    pool = full or scored
+    if not pool:
         return None
     sign = 1 if space.mode == "min" else -1
-    return min(scored, key=lambda t: sign * t["metrics"][space.metric])
+    return min(pool, key=lambda t: sign * t["metrics"][space.metric])

@@ -41,3 +41,13 @@ def toolbox_sample() -> Path:
     if not TOOLBOX_SAMPLE.is_dir():
         pytest.skip(f"real LIDC toolbox sample not found at {TOOLBOX_SAMPLE} (../shared is absent)")
     return TOOLBOX_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (starting Ray costs ~5-10 s); shut down at the end."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -437,6 +437,10 @@ def load_lidc(
         crop=crop,
         max_graders=max_graders,
         window=list(window),
+        # What `supuq predict` must repeat: HU via each DICOM file's own RescaleSlope/Intercept (SimpleITK applies
+        # them when reading a series), the lung window, the crop size.
+        preprocessing=dict(kind="hu_window", lo=float(window[0]), hi=float(window[1]), rescale="dicom",
+                           size=[crop, crop]),
         patch_rule="one patch per (nodule, slice) with a non-empty kept mask; crop centred on the bounding box "
         "of the union of the kept masks on that slice; first max_graders annotations by id kept",
         counts=dict(scans=len(selected), scans_computed=len(pending), scans_skipped=skipped,

@@ -1,7 +1,8 @@
 """Dataset entry points for the CLI and training: prepare a cache, load it, describe it, draw it.
 
 Caches live in `data/<dataset>/` under the working directory (synthetic: `data/synthetic-n<N>-s<S>-g<D>-seed<K>/`
-so different sizes never collide) unless a path is given. Real-data loaders are imported lazily, so the
+so different sizes never collide; qubiq: `data/qubiq-<task>/`) unless a path is given. lidc-pickle's `root` is the
+pickle file (or its folder). Real-data loaders are imported lazily, so the
 synthetic path needs neither pylidc nor SimpleITK.
 """
 
@@ -38,7 +39,18 @@ def default_cache_dir(dataset: str, cfg: DataConfig | None = None) -> Path:
     if dataset == "synthetic":
         s = cfg.synthetic
         return Path.cwd() / "data" / f"synthetic-n{s.n}-s{s.size}-g{s.graders}-seed{s.seed}"
+    if dataset == "qubiq":
+        from .qubiq import task_slug
+
+        return Path.cwd() / "data" / f"qubiq-{task_slug(_qubiq_task(cfg))}"
     return Path.cwd() / "data" / dataset
+
+
+def _qubiq_task(cfg: DataConfig) -> str:
+    if not cfg.task:
+        raise DataError("dataset qubiq needs a task: pass --task NAME (a folder under --root, e.g. brain-growth; "
+                        "NAME:2 for sub-task 2) or set data.task")
+    return cfg.task
 
 
 def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None = None,
@@ -58,12 +70,24 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
         return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir)
     if root is None:
         raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
+    if dataset == "lidc-pickle":  # a file (data_lidc.pickle) or the folder holding it
+        from .lidc_files import load_lidc_pickle
+
+        return load_lidc_pickle(root)
     if not Path(root).is_dir():
         raise DataError(f"{root}: no such dataset folder")
     if dataset == "lidc-toolbox":
         from .lidc_files import load_toolbox
 
         return load_toolbox(root, crop=cfg.crop)
+    if dataset == "lidc-png":
+        from .lidc_files import load_lidc_png
+
+        return load_lidc_png(root, crop=cfg.crop)
+    if dataset == "qubiq":
+        from .qubiq import load_qubiq
+
+        return load_qubiq(root, _qubiq_task(cfg), crop=cfg.crop, keep_empty=cfg.keep_empty_slices)
     from .prostate import load_prostate
 
     return load_prostate(root, crop=cfg.crop, min_graders=cfg.min_graders, keep_empty=cfg.keep_empty_slices)
@@ -99,10 +123,18 @@ def _stale(meta: dict[str, Any], cfg: DataConfig) -> str | None:
         # older generator version is regenerated rather than silently reused.
         want = json.loads(json.dumps({"n": s.n, "size": s.size, "graders": s.graders, "seed": s.seed,
                                       **asdict(SyntheticParams())}))
-        return None if gen == want else "other synthetic generator parameters"
-    checks = {"crop": cfg.crop}
+        if gen != want:
+            return "other synthetic generator parameters"
+        # Caches from before the preprocessing record: regenerate, so checkpoints can tell `supuq predict` how
+        # their inputs were scaled.
+        return None if "preprocessing" in meta else "no recorded preprocessing (an older cache)"
+    checks: dict[str, Any] = {"crop": cfg.crop}
     if cfg.dataset == "miccai2012":
         checks.update(min_graders=cfg.min_graders, keep_empty=cfg.keep_empty_slices)
+    if cfg.dataset == "qubiq":
+        from .qubiq import canonical_task
+
+        checks.update(task=canonical_task(_qubiq_task(cfg)), keep_empty=cfg.keep_empty_slices)
     diffs = [f"{k}={meta[k]!r} (config {v!r})" for k, v in checks.items() if k in meta and meta[k] != v]
     return ", ".join(diffs) or None
 

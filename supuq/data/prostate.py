@@ -257,6 +257,9 @@ def load_prostate(root: str | Path, crop: int = 128, min_graders: int = 3, keep_
         "source": str(root.resolve()),
         "crop": crop,
         "percentiles": list(PERCENTILES),
+        # What `supuq predict` must repeat on a new volume: per-volume percentile scaling, central crop.
+        "preprocessing": {"kind": "percentile", "lo": PERCENTILES[0], "hi": PERCENTILES[1], "per": "volume",
+                          "size": [crop, crop]},
         "min_graders": min_graders,
         "keep_empty": keep_empty,
         "cases": len(used),

@@ -61,18 +61,31 @@ class Fcomb(nn.Module):
 
     def forward(self, features: Tensor, z: Tensor) -> Tensor:
         """features [N, C, H, W] (shared by the K samples) or [N, K, C, H, W] (one per sample);
-        z [N, K, L]. Returns logits [N, K, H, W]."""
+        z [N, K, L]. Returns logits [N, K, H, W].
+
+        Computed channel-first: activations are held as [C, N*K*H*W], so each 1x1 conv is one matrix product
+        over every pixel of every sample (a 1x1 `conv2d` with few channels is several times slower on CPU,
+        forward and backward; see bench/step.py). The weights are the convs' own, so state dicts and
+        `forward_tiled` are unchanged.
+        """
         n, k = z.shape[:2]
+        height, width = features.shape[-2:]
+        c = self.feature_channels
         first = self.convs[0]
-        w_feat = first.weight[:, : self.feature_channels]  # [C1, C, 1, 1]
-        w_lat = first.weight[:, self.feature_channels :, 0, 0]  # [C1, L]
+        w_feat = first.weight[:, :c].flatten(1)  # [C1, C]
+        w_lat = first.weight[:, c:].flatten(1)  # [C1, L]
         if features.dim() == 4:
-            a = F.conv2d(features, w_feat, first.bias).unsqueeze(1)  # [N, 1, C1, H, W]
+            flat = features.transpose(0, 1).reshape(c, -1)  # [C, N*H*W]
+            a = (w_feat @ flat).view(-1, n, 1, height * width)  # [C1, N, 1, H*W], once per feature map
         else:
-            a = F.conv2d(features.flatten(0, 1), w_feat, first.bias).unflatten(0, (n, k))  # [N, K, C1, H, W]
-        b = z @ w_lat.T  # [N, K, C1]: the tiled latent's contribution is constant over H x W
-        h = a + b[..., None, None]  # [N, K, C1, H, W]
-        return self._rest(h.flatten(0, 1)).reshape(n, k, *h.shape[-2:])
+            flat = features.permute(2, 0, 1, 3, 4).reshape(c, -1)  # [C, N*K*H*W]
+            a = (w_feat @ flat).view(-1, n, k, height * width)
+        b = (z @ w_lat.T + first.bias).permute(2, 0, 1).contiguous()  # [C1, N, K]: constant over H x W
+        h = (a + b.unsqueeze(-1)).reshape(a.shape[0], -1)  # [C1, N*K*H*W]
+        for conv in self.convs[1:]:
+            # In place is safe: neither the add nor addmm needs its own output for the backward pass.
+            h = torch.addmm(conv.bias.unsqueeze(1), conv.weight.flatten(1), F.relu(h, inplace=True))
+        return h.reshape(n, k, height, width)  # the last conv has a single output channel
 
     def forward_tiled(self, features: Tensor, z: Tensor) -> Tensor:
         """Same contract as `forward`, computed naively: features expanded to every sample, z tiled
@@ -84,13 +97,9 @@ class Fcomb(nn.Module):
         tiled = z[..., None, None].expand(n, k, latent, height, width)
         h = torch.cat([features, tiled], dim=2).flatten(0, 1)  # [N*K, C+L, H, W]
         h = self.convs[0](h)
-        return self._rest(h).reshape(n, k, height, width)
-
-    def _rest(self, h: Tensor) -> Tensor:
-        """ReLU after the first conv, then the remaining convs (ReLU between, none after the last)."""
         for conv in self.convs[1:]:
             h = conv(F.relu(h))
-        return h
+        return h.reshape(n, k, height, width)
 
 
 def _rsample(mu: Tensor, log_sigma: Tensor, shape: Sequence[int] = ()) -> Tensor:

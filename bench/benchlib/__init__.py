@@ -1,0 +1,123 @@
+"""Shared helpers for the benchmarks in bench/: machine header, interleaved timing, tables, RESULTS.md.
+
+Lives in a sub-package so that the Makefile's `for script in bench/*.py` loop does not run it. Scripts are run
+as `python bench/<name>.py`, which puts bench/ first on sys.path, so `import benchlib` works without install.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent.parent / "RESULTS.md"
+
+
+def machine() -> str:
+    """One line: date, `uname -m`, nproc, torch version and threads (and the CUDA device if any)."""
+    parts = [
+        _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        f"machine {platform.machine()}",
+        f"nproc {os.cpu_count()}",
+        f"torch {torch.__version__}",
+        f"threads {torch.get_num_threads()}",
+    ]
+    try:
+        parts.append(f"load avg {os.getloadavg()[0]:.2f}")
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        parts.append(f"cuda {torch.cuda.get_device_name()}")
+    return ", ".join(parts)
+
+
+def sync(device: torch.device | str | None = None) -> None:
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved(
+    contenders: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device: str = "cpu"
+) -> dict[str, list[float]]:
+    """Time each contender `reps` times, alternating them (A B A B ...) after `warmup` untimed rounds, so
+    that load from other jobs on a shared machine hits all of them alike. Returns seconds per call."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for rnd in range(warmup + reps):
+        # Alternate the order each round too, so neither contender always runs right after the other.
+        names = list(contenders) if rnd % 2 == 0 else list(reversed(contenders))
+        for name in names:
+            gc.collect()
+            sync(device)
+            t0 = time.perf_counter()
+            contenders[name]()
+            sync(device)
+            dt = time.perf_counter() - t0
+            if rnd >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def paired_ratios(slow: Sequence[float], fast: Sequence[float]) -> list[float]:
+    """Ratio of the i-th slow time to the i-th fast time (same round, so same machine load)."""
+    return [s / f for s, f in zip(slow, fast)]
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
+    """Achieved GFLOP/s of an n x n x n matmul (2 n^3 flops), median of `reps`: the practical ceiling."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    out = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return 2 * n**3 / median(out) / 1e9
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-markdown table (also readable on a terminal)."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def report(title: str, body: str, record: bool = True) -> None:
+    """Print `body` under a header line and append it as a dated section to bench/RESULTS.md."""
+    header = f"## {title}\n\n{machine()}\n"
+    text = f"{header}\n{body.rstrip()}\n"
+    print(text)
+    if record:
+        new = not RESULTS.exists()
+        with RESULTS.open("a") as fh:
+            if new:
+                fh.write("# Benchmark results\n\nAppended by the scripts in bench/ (see bench/README.md); newest last.\n\n")
+            fh.write(text + "\n")

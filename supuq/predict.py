@@ -1,0 +1,672 @@
+"""A trained model on new images and volumes: SimpleITK in, SimpleITK out, the input's geometry kept.
+
+Pipeline (`predict`, the CLI's `supuq predict`):
+
+1. MODEL: a checkpoint file (or a folder holding ``checkpoint.pt``), an MLflow run id (its artifact
+   ``checkpoint/checkpoint.pt``) or a ``runs:/<id>/<artifact path>`` URI. Checkpoints are loaded with
+   `supuq.checkpoint.load_checkpoint` (weights only, never code); MLflow is imported only to fetch the file.
+2. INPUT: a 2-D image (PNG/TIFF/...), a 3-D volume (.nii/.nii.gz/.mha/.mhd/.nrrd) or a DICOM series folder
+   (SimpleITK's ImageSeriesReader; SimpleITK applies each file's RescaleSlope/Intercept, so CT comes out in HU).
+3. Intensities: exactly the training data's preprocessing, recorded by the loader in the cache meta under
+   ``"preprocessing"`` and copied into the checkpoint's ``data_meta`` (`preprocess`): ``unit`` (used as is,
+   must lie in [0, 1]; an 8-bit input is divided by 255), ``scale`` (divided by ``max``, must lie in
+   [0, max]), ``hu_window`` (clip HU to [lo, hi], scale to [0, 1]; the input must look like HU, see
+   `check_hu`), ``percentile`` (per-volume lo/hi percentiles to 0/1, clipped). A checkpoint without the record
+   is refused rather than guessed.
+4. Axial slices (SimpleITK arrays are [z, y, x]), each either centre-cropped to N x N (default N = the
+   training crop, ``preprocessing["size"]``; zero-padded when the slice is smaller) or, with ``crop="full"``,
+   zero-padded to a multiple of the training size and cut into non-overlapping tiles of that size that are
+   predicted independently and stitched (the latent sample differs from tile to tile, so sample masks can
+   show seams; the maps are per-pixel statistics and are not affected in expectation). Outside the predicted
+   region every map is 0. Tiles are batched on the device.
+5. Per pixel, from the M x K binary samples (DESIGN.md section 6; a model without weight noise draws
+   1 x samples): ``pm`` mean sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric +
+   epistemic), ``consensus`` = pm > 0.5, optionally the S binary samples as one (N+1)-D image.
+6. Outputs in the input's geometry (origin, spacing, direction copied) in ``--format nifti`` (.nii.gz) or
+   ``same`` (the input's extension; a DICOM input is written as .nii.gz, and PNG/JPEG/BMP inputs are refused
+   because those formats cannot hold floating-point maps), ``prediction.json`` with every setting and the
+   crop region, and ``overview.png`` (the slices of highest total uncertainty: image, pm, aleatoric,
+   epistemic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import checkpoint_config, load_checkpoint
+from .config import Config
+from .errors import SupuqError
+from .evaluate import predict_samples
+from .sampling import binarize, decompose
+
+MAPS = ("pm", "aleatoric", "epistemic", "total", "consensus")
+DEFAULT_ARTIFACT = "checkpoint/checkpoint.pt"
+PREPROCESSING_KINDS = ("unit", "scale", "hu_window", "percentile")
+
+# check_hu: a CT in Hounsfield units shows air (about -1000 HU) or lung (-900 to -500 HU) somewhere -- around
+# the body, in the lungs or airways -- while MR, PET, [0, 1]-scaled images or CT stored values without the DICOM
+# rescale (0..4095) have nothing that low. Values below HU_PADDING are no tissue (scanners pad the field of
+# view with -1024, -2048, -3024 or -32768) and are left out of the statistics.
+HU_AIR = -500.0
+HU_AIR_FRACTION = 1e-3  # at least 0.1% of the (non-padding) voxels must be air/lung
+HU_PADDING = -1200.0
+HU_MAX_P99 = 3072.0  # 99th percentile above the 12-bit HU ceiling: not HU (or mostly metal)
+UNIT_TOLERANCE = 1e-3  # float rounding around [0, 1] is clipped, anything beyond is refused
+
+_SAME_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tiff", ".tif")
+_NO_FLOAT_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+_DICOM_FILE = (".dcm", ".dicom", ".ima")
+_RUN_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+_ANNOTATION = re.compile(r"^(annotation_\d+|task\d+_seg\d+)(\.nii\.gz|\.mhd|\.mha|\.nii|\.nrrd)$", re.IGNORECASE)
+
+
+# --- the model --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A trained model (eval mode), its config, the training data's meta and where it came from."""
+
+    model: torch.nn.Module
+    cfg: Config
+    data_meta: dict[str, Any]
+    source: dict[str, Any]
+    epoch: int | None = None
+
+    @property
+    def preprocessing(self) -> dict[str, Any] | None:
+        value = self.data_meta.get("preprocessing")
+        return value if isinstance(value, dict) else None
+
+
+def load_model(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """The model named by `ref`: an existing checkpoint file/folder, an MLflow run id, or ``runs:/<id>/<path>``.
+
+    Run ids and runs:/ URIs are fetched through `supuq.tracking` (MLflow imported here only) into a temporary
+    folder and loaded from there; `tracking_uri` as for every command (default $MLFLOW_TRACKING_URI or the
+    local store).
+    """
+    text = str(ref)
+    path = Path(text)
+    if path.exists():
+        return _loaded(load_checkpoint(path), {"kind": "checkpoint", "path": str(path.resolve())}, device)
+    if text.startswith("runs:/"):
+        run_id, _, artifact = text[len("runs:/"):].strip("/").partition("/")
+        if not run_id:
+            raise SupuqError(f"{text}: expected runs:/<run id>/<artifact path>")
+        return _from_run(run_id, artifact or DEFAULT_ARTIFACT, tracking_uri, device, text)
+    if _RUN_ID.match(text):
+        return _from_run(text, DEFAULT_ARTIFACT, tracking_uri, device, text)
+    raise SupuqError(f"{text}: no such checkpoint file, and not an MLflow run id (32 hex digits) or runs:/<id>/<path>")
+
+
+def _from_run(run_id: str, artifact: str, tracking_uri: str | None, device, ref: str) -> LoadedModel:
+    from . import tracking  # MLflow only when a run is named
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="supuq-predict-") as tmp:
+        local = tracking.download_artifact(uri, run_id, artifact, tmp)
+        state = load_checkpoint(local)
+    source = {"kind": "mlflow", "ref": ref, "run_id": run_id, "artifact": artifact, "tracking_uri": uri}
+    return _loaded(state, source, device)
+
+
+def _loaded(state: dict[str, Any], source: dict[str, Any], device) -> LoadedModel:
+    from .models import build_model
+
+    cfg = checkpoint_config(state)
+    model = build_model(cfg.model, cfg.loss)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise SupuqError(f"{source.get('path', source.get('ref'))}: weights do not fit the stored config "
+                         f"({str(err).splitlines()[0]})") from None
+    try:
+        meta = json.loads(state.get("data_meta") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        meta = {}
+    epoch = state.get("epoch")
+    return LoadedModel(model.to(device).eval(), cfg, meta if isinstance(meta, dict) else {}, source,
+                       int(epoch) if epoch is not None else None)
+
+
+# --- the input --------------------------------------------------------------------------------------------
+
+
+def read_input(path: str | Path):
+    """(SimpleITK image, info) from a 2-D/3-D image file or a DICOM series folder; SupuqError if unreadable.
+
+    A folder with several DICOM series uses the one with the most files (the others are listed in info).
+    """
+    import SimpleITK as sitk
+
+    from .data.prostate import _check_nifti_complete, _itk_reason
+
+    path = Path(path)
+    if not path.exists():
+        raise SupuqError(f"{path}: no such file or folder")
+    info: dict[str, Any] = {"path": str(path.resolve())}
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = list(reader.GetGDCMSeriesIDs(str(path)) or ())
+            if not series:
+                raise SupuqError(f"{path}: a folder, but it holds no DICOM series")
+            files = {uid: reader.GetGDCMSeriesFileNames(str(path), uid) for uid in series}
+            chosen = max(series, key=lambda uid: len(files[uid]))
+            reader.SetFileNames(files[chosen])
+            image = reader.Execute()
+            info.update(kind="dicom-series", series_uid=chosen, files=len(files[chosen]),
+                        other_series=[uid for uid in series if uid != chosen])
+        else:
+            image = sitk.ReadImage(str(path))
+            info.update(kind="file")
+    except RuntimeError as err:
+        raise SupuqError(f"{path}: unreadable or truncated image ({_itk_reason(err)})") from None
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)  # ITK zero-fills a truncated NIfTI silently
+    return image, info
+
+
+def _scalar(image):
+    """A single-component version of `image`: identical components (grey saved as RGB) collapse to one."""
+    import SimpleITK as sitk
+
+    if image.GetDimension() not in (2, 3):
+        raise SupuqError(f"expected a 2-D image or a 3-D volume, got a {image.GetDimension()}-D image")
+    n = image.GetNumberOfComponentsPerPixel()
+    if n == 1:
+        return image
+    parts = [sitk.GetArrayViewFromImage(sitk.VectorIndexSelectionCast(image, i)) for i in range(n)]
+    colour = parts[:3] if n == 4 else parts  # RGBA: alpha may differ from the grey channels
+    if any(not np.array_equal(colour[0], p) for p in colour[1:]):
+        raise SupuqError(f"a {n}-channel colour image; the model takes one grey channel (convert it to grey first)")
+    return sitk.VectorIndexSelectionCast(image, 0)
+
+
+def check_hu(volume: np.ndarray, where: str = "input") -> None:
+    """Refuse a volume that is clearly not in Hounsfield units (one-line SupuqError); see the HU_* constants.
+
+    Rule: among voxels >= HU_PADDING (-1200; lower values are scanner padding), at least HU_AIR_FRACTION (0.1%)
+    must be <= HU_AIR (-500, air or lung) and the 99th percentile must be <= HU_MAX_P99 (3072). An MR volume in
+    [0, 1000], a [0, 1]-scaled image or CT stored values (0..4095, rescale not applied) all fail the first test.
+    """
+    values = np.asarray(volume, dtype=np.float32).ravel()
+    physical = values[values >= HU_PADDING]
+    lo, hi = float(values.min()), float(values.max())
+    if physical.size == 0:
+        raise SupuqError(f"{where}: every voxel is below {HU_PADDING:g} (range [{lo:g}, {hi:g}]): not a CT in HU")
+    air = float((physical <= HU_AIR).mean())
+    p99 = float(np.percentile(physical, 99))
+    if air < HU_AIR_FRACTION or p99 > HU_MAX_P99:
+        why = (f"only {air:.2%} of voxels at or below {HU_AIR:g} HU (air/lung)" if air < HU_AIR_FRACTION
+               else f"99th percentile {p99:g} above {HU_MAX_P99:g}")
+        raise SupuqError(
+            f"{where}: intensities [{lo:g}, {hi:g}] do not look like Hounsfield units ({why}); this model was "
+            "trained on CT in HU: give a CT volume or DICOM series (stored values need HU = stored * slope + "
+            "intercept first)"
+        )
+
+
+def preprocess(volume: np.ndarray, preprocessing: dict[str, Any] | None, where: str = "input",
+               uint8_input: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Input intensities [Z,Y,X] -> float32 [Z,Y,X] in [0, 1] as the training data; also what was applied.
+
+    `uint8_input`: the file stores 8-bit values (a ``unit`` model then divides by 255). SupuqError when the
+    record is missing or unknown, or the input cannot be made to match (see the module docstring).
+    """
+    if not preprocessing:
+        raise SupuqError("the checkpoint records no input preprocessing (its training data predates the "
+                         "'preprocessing' meta key): prepare the data again and retrain, or pass preprocessing= "
+                         "to predict_volume")
+    kind = preprocessing.get("kind")
+    values = np.asarray(volume, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise SupuqError(f"{where}: contains NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    applied: dict[str, Any] = {"kind": kind, "input_range": [lo, hi]}
+    if kind == "unit":
+        if uint8_input:
+            values = values / 255.0
+            applied["divided_by"] = 255
+        elif lo < -UNIT_TOLERANCE or hi > 1 + UNIT_TOLERANCE:
+            raise SupuqError(f"{where}: intensities [{lo:g}, {hi:g}] are not in [0, 1], but this model was trained "
+                             "on images already scaled to [0, 1]; scale the input the same way first")
+        out = np.clip(values, 0, 1)
+    elif kind == "scale":
+        top = float(preprocessing["max"])
+        if lo < 0 or hi > top:
+            raise SupuqError(f"{where}: intensities [{lo:g}, {hi:g}] are outside [0, {top:g}], the range of this "
+                             f"model's training images (divided by {top:g})")
+        out = values / top
+        applied["divided_by"] = top
+    elif kind == "hu_window":
+        check_hu(values, where)
+        wlo, whi = float(preprocessing["lo"]), float(preprocessing["hi"])
+        out = np.clip((values - wlo) / (whi - wlo), 0, 1)
+        applied["window_hu"] = [wlo, whi]
+    elif kind == "percentile":
+        plo, phi = np.percentile(values, [float(preprocessing["lo"]), float(preprocessing["hi"])])
+        applied.update(percentiles=[preprocessing["lo"], preprocessing["hi"]], values=[float(plo), float(phi)])
+        if phi <= plo:  # constant input: no contrast, the training loader maps it to 0 as well
+            out = np.zeros_like(values)
+            applied["constant"] = True
+        else:
+            out = np.clip((values - plo) / (phi - plo), 0, 1)
+    else:
+        raise SupuqError(f"the checkpoint's preprocessing kind {kind!r} is unknown (known: "
+                         f"{', '.join(PREPROCESSING_KINDS)})")
+    return out.astype(np.float32), applied
+
+
+# --- geometry of the predicted region ---------------------------------------------------------------------
+
+
+def training_size(cfg: Config, preprocessing: dict[str, Any] | None, data_meta: dict[str, Any] | None = None) -> int:
+    """The side of the square images the model was trained on: the recorded preprocessing ``size``, else the
+    cache's ``size``, else the synthetic size or ``data.crop`` of the config."""
+    for source in (preprocessing or {}, data_meta or {}):
+        size = source.get("size")
+        if isinstance(size, (list, tuple)) and len(size) == 2:
+            return int(size[0])
+    return cfg.data.synthetic.size if cfg.data.dataset == "synthetic" else cfg.data.crop
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input of side `size`: slice rows/cols src_* of the image go to rows/cols dst_* of the input."""
+
+    src_y: slice
+    src_x: slice
+    dst_y: slice
+    dst_x: slice
+
+
+def centre_window(h: int, w: int, size: int) -> Window:
+    """The central size x size window of an h x w slice (the slice zero-padded around it when smaller), as
+    `prostate.center_crop` cuts training slices."""
+    spans = []
+    for extent in (h, w):
+        if extent >= size:
+            start = (extent - size) // 2
+            spans.append((slice(start, start + size), slice(0, size)))
+        else:
+            start = (size - extent) // 2
+            spans.append((slice(0, extent), slice(start, start + extent)))
+    return Window(spans[0][0], spans[1][0], spans[0][1], spans[1][1])
+
+
+def tile_windows(h: int, w: int, size: int) -> list[Window]:
+    """Non-overlapping size x size tiles covering an h x w slice padded (bottom/right, zeros) to multiples of
+    size, row by row; the last row/column of tiles is partly padding."""
+    out = []
+    for y in range(0, h, size):
+        for x in range(0, w, size):
+            dy, dx = min(size, h - y), min(size, w - x)
+            out.append(Window(slice(y, y + dy), slice(x, x + dx), slice(0, dy), slice(0, dx)))
+    return out
+
+
+def _parse_crop(crop: str | int | None, trained: int) -> tuple[str, int]:
+    """("centre", N) or ("full", training size) from None (the training size), an integer, or "full"."""
+    if crop is None or str(crop).lower() in ("", "train", "training"):
+        return "centre", trained
+    if str(crop).lower() == "full":
+        return "full", trained
+    text = str(crop)
+    if not text.isdigit() or int(text) < 1:
+        raise SupuqError(f"--crop must be a positive number of pixels or 'full', got {crop!r}")
+    return "centre", int(text)
+
+
+# --- prediction -------------------------------------------------------------------------------------------
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    cfg: Config,
+    image,
+    samples: int = 50,
+    weight_samples: int = 5,
+    crop: str | int | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    slices: np.ndarray | list[int] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    keep_samples: bool = False,
+    progress: bool = False,
+    info: dict[str, Any] | None = None,
+    data_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Uncertainty maps of a 2-D image or 3-D volume, as SimpleITK images in its geometry.
+
+    image: SimpleITK image, 2-D [X,Y] or 3-D [X,Y,Z] (arrays [Y,X] / [Z,Y,X]); grey or identical-channel colour.
+    samples: S binary samples per pixel, drawn as M = weight_samples weight samples x K = S / M latent samples
+    (1 x S for a model without weight noise). crop: None (centre crop of the training size), an integer N
+    (centre crop N x N) or "full" (tiles of the training size). preprocessing: the checkpoint's record (see
+    `preprocess`). slices: indices of the axial slices to predict (default all; others stay 0). seed: the
+    sampling seed (the caller's torch RNG state is restored afterwards). info: filled with the details
+    (crop region, grid, applied preprocessing, per-slice total, the preprocessed image [Z,Y,X] as "_image").
+
+    Returns {"pm", "aleatoric", "epistemic", "total": float32 images, "consensus": uint8 image (pm > 0.5),
+    and with `keep_samples` "samples": uint8 image one dimension up ([X,Y,Z,S] or [X,Y,S])}, each with the
+    input's origin, spacing and direction.
+    """
+    import SimpleITK as sitk
+
+    info = info if info is not None else {}
+    image = _scalar(image)
+    if cfg.model.in_channels != 1:
+        raise SupuqError(f"the model takes {cfg.model.in_channels} input channels; predict handles 1")
+    noisy = bool(getattr(model, "has_weight_noise", False))
+    if samples < 1 or weight_samples < 1:
+        raise SupuqError(f"samples ({samples}) and weight samples ({weight_samples}) must be positive")
+    if noisy and samples % weight_samples:
+        raise SupuqError(f"samples ({samples}) must be a multiple of weight samples ({weight_samples})")
+    m, k = (weight_samples, samples // weight_samples) if noisy else (1, samples)
+
+    array = sitk.GetArrayFromImage(image)
+    volume = array[None] if array.ndim == 2 else array  # [Z, Y, X]
+    x, applied = preprocess(volume, preprocessing, uint8_input=image.GetPixelID() == sitk.sitkUInt8)
+    trained = training_size(cfg, preprocessing, data_meta)
+    mode, size = _parse_crop(crop, trained)
+    factor = 2 ** (len(cfg.model.num_filters) - 1)  # the U-Net halves the resolution this many times
+    if size % factor:
+        raise SupuqError(f"crop {size} is not a multiple of {factor} (the U-Net's downsampling); choose another")
+    z_total, h, w = x.shape
+    chosen = np.arange(z_total) if slices is None else np.unique(np.asarray(slices, dtype=np.int64))
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= z_total):
+        raise SupuqError(f"slice indices must lie in 0..{z_total - 1}")
+    windows = [centre_window(h, w, size)] if mode == "centre" else tile_windows(h, w, size)
+    jobs = [(int(z), win) for z in chosen for win in windows]
+
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.to(device).eval()
+    batch = batch_size or cfg.eval.batch_size
+    maps = {name: np.zeros((z_total, h, w), np.float32) for name in ("pm", "aleatoric", "epistemic", "total")}
+    kept = np.zeros((m * k, z_total, h, w), np.uint8) if keep_samples else None
+    started = time.perf_counter()
+    with _progress_bar(progress, len(jobs)) as advance, _seeded(seed, device):
+        for start in range(0, len(jobs), batch):
+            part = jobs[start : start + batch]
+            tiles = np.zeros((len(part), 1, size, size), np.float32)  # zero padding = training padding
+            for i, (z, win) in enumerate(part):
+                tiles[i, 0, win.dst_y, win.dst_x] = x[z, win.src_y, win.src_x]
+            logits = predict_samples(model, torch.from_numpy(tiles).to(device), m, k).float()  # [B,M,K,s,s]
+            binary = binarize(logits)
+            parts = decompose(binary)
+            out = {"pm": torch.sigmoid(logits).mean(dim=(1, 2)), "aleatoric": parts.aleatoric,
+                   "epistemic": parts.epistemic, "total": parts.total}
+            out = {name: value.cpu().numpy() for name, value in out.items()}
+            flat = binary.flatten(1, 2).cpu().numpy() if kept is not None else None  # [B, S, s, s]
+            for i, (z, win) in enumerate(part):
+                for name, value in out.items():
+                    maps[name][z, win.src_y, win.src_x] = value[i, win.dst_y, win.dst_x]
+                if kept is not None:
+                    kept[:, z, win.src_y, win.src_x] = flat[i][:, win.dst_y, win.dst_x]
+            advance(len(part))
+    consensus = (maps["pm"] > 0.5).astype(np.uint8)
+
+    region = ({"mode": "centre", "size": size, "rows": [windows[0].src_y.start, windows[0].src_y.stop],
+               "cols": [windows[0].src_x.start, windows[0].src_x.stop]} if mode == "centre"
+              else {"mode": "full", "tile": size, "tiles_per_slice": len(windows),
+                    "padded_to": [-(-h // size) * size, -(-w // size) * size]})
+    info.update(
+        preprocessing={**(preprocessing or {}), "applied": applied},
+        crop={**region, "training_size": trained, "outside": "maps are 0 outside the predicted region"},
+        grid={"samples": m * k, "weight_samples": m, "latent_samples": k, "weight_noise": noisy, "seed": seed},
+        slices_predicted=[int(z) for z in chosen],
+        device=str(device),
+        model_seconds=round(time.perf_counter() - started, 3),
+        slice_total=maps["total"].sum(axis=(1, 2)).tolist(),
+        _image=x,
+    )
+    squeeze = array.ndim == 2
+    result = {name: _like(value[0] if squeeze else value, image) for name, value in maps.items()}
+    result["consensus"] = _like(consensus[0] if squeeze else consensus, image)
+    if kept is not None:
+        result["samples"] = _stacked_like(kept[:, 0] if squeeze else kept, image)
+    return result
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed torch for the sampling and restore the caller's RNG state afterwards."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, total: int):
+    """Yields advance(n); a rich progress bar over the model inputs when enabled."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("crops/tiles")) as bar:
+        task = bar.add_task("predict", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _like(array: np.ndarray, reference):
+    """A SimpleITK image of `array` with `reference`'s origin, spacing and direction."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(array, isVector=False)  # the default guesses a vector image from the shape
+    out.CopyInformation(reference)
+    return out
+
+
+def _stacked_like(array: np.ndarray, reference):
+    """[S, *reference array shape] as an image one dimension up: the new last axis has spacing 1, origin 0."""
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(array, isVector=False)  # the default guesses a vector image from the shape
+    d = reference.GetDimension()
+    out.SetOrigin((*reference.GetOrigin(), 0.0))
+    out.SetSpacing((*reference.GetSpacing(), 1.0))
+    direction = np.eye(d + 1)
+    direction[:d, :d] = np.asarray(reference.GetDirection()).reshape(d, d)
+    out.SetDirection(tuple(direction.ravel()))
+    return out
+
+
+# --- files in, files out ----------------------------------------------------------------------------------
+
+
+@dataclass
+class PredictOutcome:
+    """Where the outputs went: the folder, each output's file, and the prediction.json content."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def output_extension(input_path: Path, fmt: str, is_dicom: bool) -> str:
+    """.nii.gz for ``nifti`` and DICOM inputs; the input's extension for ``same`` (refused for 8-bit formats)."""
+    if fmt not in ("nifti", "same"):
+        raise SupuqError(f"--format must be nifti or same, got {fmt!r}")
+    name = input_path.name.lower()
+    if fmt == "nifti" or is_dicom or name.endswith(_DICOM_FILE):
+        return ".nii.gz"
+    for ext in _SAME_FORMATS:
+        if name.endswith(ext):
+            return ext
+    if name.endswith(_NO_FLOAT_FORMATS):
+        raise SupuqError(f"--format same: {input_path.suffix} cannot hold floating-point maps; use --format nifti")
+    raise SupuqError(f"--format same: unsupported output extension for {input_path.name}; use --format nifti")
+
+
+def annotated_slices(image, input_path: Path, annotations: list[Path] | tuple[Path, ...] = ()) -> tuple[np.ndarray, list[str]]:
+    """Indices of the axial slices where any annotation is non-zero, and the annotation files used.
+
+    annotations: mask files in the input's geometry; when none are given, the input's siblings in the
+    MICCAI2012 (``annotation_<k>.<ext>``) or QUBIQ (``task0T_seg0R.<ext>``) layouts are used.
+    """
+    import SimpleITK as sitk
+
+    from .data.prostate import _read
+
+    files = [Path(p) for p in annotations]
+    if not files and input_path.is_file():
+        files = sorted(p for p in input_path.parent.iterdir() if _ANNOTATION.match(p.name))
+    if not files:
+        raise SupuqError(f"--slices annotated: no annotation files given (--annotation) or found beside {input_path}")
+    shape = sitk.GetArrayViewFromImage(image).shape
+    z = shape[0] if len(shape) == 3 else 1
+    marked = np.zeros(z, bool)
+    for path in files:
+        mask_image, array = _read(path)  # [Z, Y, X]
+        if mask_image.GetSize() != image.GetSize():
+            raise SupuqError(f"{path}: size {mask_image.GetSize()} differs from the input's {image.GetSize()}")
+        marked |= array.reshape(array.shape[0], -1).any(axis=1)
+    if not marked.any():
+        raise SupuqError(f"--slices annotated: every annotation is empty ({', '.join(p.name for p in files)})")
+    return np.flatnonzero(marked), [str(p) for p in files]
+
+
+def predict(
+    model_ref: str | Path,
+    input_path: str | Path,
+    out_dir: str | Path,
+    samples: int = 50,
+    weight_samples: int = 5,
+    slices: str = "all",
+    crop: str | int | None = None,
+    fmt: str = "nifti",
+    save_samples: bool = False,
+    annotations: list[Path] | tuple[Path, ...] = (),
+    tracking_uri: str | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int | None = None,
+    progress: bool = False,
+    preprocessing: dict[str, Any] | None = None,
+    on_model: Callable[[LoadedModel], None] | None = None,
+) -> PredictOutcome:
+    """Run a trained model on an image file or DICOM series folder; write maps, prediction.json, overview.png.
+
+    Checks the cheap things (input readable, output format possible, options) before loading the model.
+    `preprocessing` overrides the checkpoint's record (API only). Returns a `PredictOutcome`.
+    """
+    import SimpleITK as sitk
+
+    from .train import resolve_device
+
+    started = time.perf_counter()
+    if slices not in ("all", "annotated"):
+        raise SupuqError(f"--slices must be all or annotated, got {slices!r}")
+    input_path = Path(input_path)
+    image, input_info = read_input(input_path)
+    ext = output_extension(input_path, fmt, input_info["kind"] == "dicom-series")
+    image = _scalar(image)
+    chosen, used = (annotated_slices(image, input_path, annotations) if slices == "annotated" else (None, []))
+    torch_device = resolve_device(device)
+    loaded = load_model(model_ref, tracking_uri, torch_device)
+    if on_model is not None:
+        on_model(loaded)
+    record = preprocessing if preprocessing is not None else loaded.preprocessing
+    info: dict[str, Any] = {}
+    maps = predict_volume(loaded.model, loaded.cfg, image, samples, weight_samples, crop, record, chosen,
+                          batch_size, torch_device, seed, save_samples, progress, info, loaded.data_meta)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    for name, out_image in maps.items():
+        path = out_dir / f"{name}{ext}"
+        try:
+            sitk.WriteImage(out_image, str(path), useCompression=True)
+        except RuntimeError as err:
+            from .data.prostate import _itk_reason
+
+            raise SupuqError(f"{path}: cannot write ({_itk_reason(err)})") from None
+        files[name] = path
+    image_x = info.pop("_image")
+    overview = overview_figure(image_x, maps, info, out_dir / "overview.png")
+    files["overview"] = overview
+
+    pm = sitk.GetArrayViewFromImage(maps["pm"])
+    total = sitk.GetArrayFromImage(maps["total"])
+    total = total[None] if total.ndim == 2 else total  # [Z, Y, X]
+    predicted = info["slices_predicted"]
+    details = {
+        "input": {**input_info, "dimension": image.GetDimension(), "size": list(image.GetSize()),
+                  "spacing": list(image.GetSpacing()), "origin": list(image.GetOrigin()),
+                  "direction": list(image.GetDirection()), "pixel_type": image.GetPixelIDTypeAsString()},
+        "model": {**loaded.source, "method": loaded.cfg.model.method, "dataset": loaded.cfg.data.dataset,
+                  "epoch": loaded.epoch, "weight_noise": loaded.cfg.model.weight_noise.enabled},
+        "preprocessing": info["preprocessing"],
+        "crop": info["crop"],
+        "sampling": {**info["grid"], "binary_sample": "sigmoid(logit) > 0.5",
+                     "pm": "mean sigmoid probability over all samples", "consensus": "pm > 0.5",
+                     "decomposition": "q_m = mean_k s_mk; aleatoric = mean_m q_m(1-q_m); epistemic = var_m q_m; "
+                     "total = qbar(1-qbar) = aleatoric + epistemic"},
+        "slices": {"mode": slices, "predicted": info["slices_predicted"], "count": len(info["slices_predicted"]),
+                   "annotations": used, "axis": "axial (array axis 0, image index z)"},
+        "format": {"requested": fmt, "extension": ext},
+        "outputs": {name: path.name for name, path in files.items()},
+        "summary": {"consensus_pixels": int((pm > 0.5).sum()), "max_total": float(total.max()),
+                    "mean_total_predicted_slices": float(total[predicted].mean()) if predicted else 0.0},
+        "overview_slices": info.get("overview_slices", []),
+        "device": info["device"],
+        "seconds": {"model": info["model_seconds"], "total": round(time.perf_counter() - started, 3)},
+    }
+    json_path = out_dir / "prediction.json"
+    json_path.write_text(json.dumps(details, indent=2, default=str))
+    files["prediction"] = json_path
+    return PredictOutcome(out_dir, files, details)
+
+
+def overview_figure(image_x: np.ndarray, maps: dict[str, Any], info: dict[str, Any], out: Path, count: int = 4) -> Path:
+    """PNG: the `count` predicted slices of highest summed total uncertainty, one row each: preprocessed image,
+    pm, aleatoric, epistemic (aleatoric on the fixed 0..0.25 scale; epistemic on its own, usually far smaller,
+    scale). The centre-crop mode shows the crop region; full mode the whole slice. Records the slices in info."""
+    import SimpleITK as sitk
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    arrays = {name: sitk.GetArrayFromImage(maps[name]) for name in ("pm", "aleatoric", "epistemic")}
+    if arrays["pm"].ndim == 2:
+        arrays = {name: a[None] for name, a in arrays.items()}
+    predicted = np.asarray(info["slices_predicted"], dtype=np.int64)
+    totals = np.asarray(info["slice_total"])[predicted] if predicted.size else np.zeros(0)
+    order = predicted[np.argsort(-totals, kind="stable")][:count] if predicted.size else np.zeros(0, np.int64)
+    shown = sorted(int(z) for z in order)
+    info["overview_slices"] = shown
+    crop = info["crop"]
+    rows_, cols_ = (slice(*crop["rows"]), slice(*crop["cols"])) if crop["mode"] == "centre" else (slice(None), slice(None))
+    fig = Figure(figsize=(10, 2.6 * max(len(shown), 1) + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    epi_max = max(float(arrays["epistemic"].max()), 1e-6)
+    panels = (("image", None, "gray", 0, 1), ("pm", "pm", "viridis", 0, 1),
+              ("aleatoric", "aleatoric", "magma", 0, 0.25), ("epistemic", "epistemic", "magma", 0, epi_max))
+    for r, z in enumerate(shown or [0]):
+        for c, (title, key, cmap, vmin, vmax) in enumerate(panels):
+            ax = fig.add_subplot(max(len(shown), 1), 4, r * 4 + c + 1)
+            data = image_x[z] if key is None else arrays[key][z]
+            handle = ax.imshow(data[rows_, cols_], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+            ax.set_title(f"{title} (slice {z})" if c == 0 else title, fontsize=9)
+            ax.set_axis_off()
+            if key is not None:
+                fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.02)
+    fig.suptitle("highest-uncertainty slices" + ("" if shown else " (no slice predicted)"), fontsize=10)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    return out
