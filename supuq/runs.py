@@ -43,7 +43,7 @@ def evaluate_and_draw(fitted: FitResult, out_dir: Path) -> tuple[EvalResult, lis
         model, data, "test", cfg.eval.weight_samples, cfg.eval.latent_samples, cfg.eval.batch_size,
         data_cfg=cfg.data,
     )
-    (out_dir / "eval.json").write_text(json.dumps(test.as_dict(""), indent=2))
+    (out_dir / "eval.json").write_text(json.dumps({**test.as_dict(""), "reliability": test.reliability}, indent=2))
     chosen = fixed_figure_indices(data, fitted.split.test, cfg.eval.figure_images)
     title = f"{cfg.data.dataset} / {cfg.model.method} / seed {cfg.train.seed}"
     figures = [

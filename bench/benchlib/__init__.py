@@ -43,17 +43,50 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    try:
+        with open("/proc/stat") as fh:
+            fields = [int(v) for v in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return idle, sum(fields)
+
+
+def wait_for_quiet(max_wait: float = 10.0, window: float = 0.25, idle_needed: float = 0.8) -> float:
+    """Wait (at most `max_wait` s) until the machine's CPUs were >= `idle_needed` idle over a `window`.
+
+    On a shared 2-core machine another job's process makes torch's 2 OpenMP threads wait for each other and a
+    step can take several times longer; waiting for a quiet moment before each timed call removes most of that
+    noise. Returns the seconds waited (0 where /proc/stat is not available)."""
+    start = time.perf_counter()
+    while True:
+        a = _cpu_times()
+        if a is None:
+            return 0.0
+        time.sleep(window)
+        b = _cpu_times()
+        busy_total = b[1] - a[1]
+        idle = (b[0] - a[0]) / busy_total if busy_total > 0 else 1.0
+        waited = time.perf_counter() - start
+        if idle >= idle_needed or waited >= max_wait:
+            return waited
+
+
 def interleaved(
-    contenders: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device: str = "cpu"
+    contenders: dict[str, Callable[[], object]], reps: int, warmup: int = 1, device: str = "cpu", quiet: bool = True
 ) -> dict[str, list[float]]:
     """Time each contender `reps` times, alternating them (A B A B ...) after `warmup` untimed rounds, so
-    that load from other jobs on a shared machine hits all of them alike. Returns seconds per call."""
+    that load from other jobs on a shared machine hits all of them alike; with `quiet`, each call first waits
+    (up to 10 s) for a quiet moment on the CPUs. Returns seconds per call."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for rnd in range(warmup + reps):
         # Alternate the order each round too, so neither contender always runs right after the other.
         names = list(contenders) if rnd % 2 == 0 else list(reversed(contenders))
         for name in names:
             gc.collect()
+            if quiet:
+                wait_for_quiet()
             sync(device)
             t0 = time.perf_counter()
             contenders[name]()
