@@ -143,10 +143,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="64x64 plus a batch-4 128x128 case (about a minute)")
     p.add_argument("--reps", type=int, default=None, help="timed steps per contender (default 5 at 64, 2 at 128)")
-    p.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    benchlib.add_common_args(p)
     p.add_argument("--before-after", action="store_true",
                    help="also time ProbUNet.loss with the earlier conv2d Fcomb.forward (bench/benchlib/reference.py)")
     args = p.parse_args(argv)
+    benchlib.apply_common_args(args)
 
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
     paper_model = ModelConfig()  # DESIGN.md section 4: filters 32-64-128-192, 3 convs per block, fcomb 4

@@ -89,13 +89,103 @@ def best_trial(uri: str, dataset: str | None, sweep: str | None, metric: str = "
                      run.data.metrics[metric], cfg)
 
 
-def retrain_configs(best: Config, seeds: int, baselines: bool, samples: int) -> list[Config]:
-    """One config per (method, seed): trained on train+val, tested with `samples` (M=5 x K, or 1 x samples)."""
+def sweep_objective(parent) -> str:
+    """The objective a sweep parent run searched: its `supuq.objective` tag (ged | ncc | both), else ged."""
+    return parent.data.tags.get("supuq.objective") or "ged"
+
+
+def trial_rows(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
+    """One dict per trial (child run) of a sweep, oldest first: run id and name, trial id, MLflow status,
+    stop reason, final metrics (`val/...`), flattened params, epochs reached (last step of train/total),
+    and the config JSON tag when the trial logged one."""
+    from mlflow import MlflowClient
+
+    from . import tracking
+
+    uri = tracking.resolve_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    rows = []
+    for run in tracking.child_runs(uri, parent_run_id):
+        history = client.get_metric_history(run.info.run_id, "train/total")
+        rows.append({
+            "run_id": run.info.run_id, "name": run.info.run_name, "trial_id": run.data.tags.get("supuq.trial_id", ""),
+            "status": run.info.status, "stop_reason": run.data.tags.get("supuq.stop_reason", ""),
+            "metrics": dict(run.data.metrics), "params": dict(run.data.params),
+            "epochs": max((m.step for m in history), default=0), "config": run.data.tags.get("supuq.config"),
+        })
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (GED, NCC) no other point dominates, minimising GED and maximising NCC.
+
+    A NaN NCC counts as the worst NCC (such a point can only be on the front by its GED); a NaN GED is never
+    on the front. Ties: equal points are all kept. Sorted by GED, then by NCC descending."""
+    def ncc_of(value: float) -> float:
+        return -math.inf if math.isnan(value) else value
+
+    keep = []
+    for i, (ged_i, ncc_i) in enumerate(points):
+        if math.isnan(ged_i):
+            continue
+        dominated = any(
+            not math.isnan(ged_j) and ged_j <= ged_i and ncc_of(ncc_j) >= ncc_of(ncc_i)
+            and (ged_j < ged_i or ncc_of(ncc_j) > ncc_of(ncc_i))
+            for j, (ged_j, ncc_j) in enumerate(points) if j != i
+        )
+        if not dominated:
+            keep.append(i)
+    return sorted(keep, key=lambda i: (points[i][0], -ncc_of(points[i][1])))
+
+
+def pareto_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A sweep's Pareto-optimal trials on final val/ged (min) and val/ncc (max), lowest GED first.
+
+    Only trials that ran the sweep's full epochs (MLflow status FINISHED) are compared, as for the best trial:
+    a trial stopped early has values from fewer epochs. Falls back to every trial when none finished."""
+    rows = trial_rows(uri, parent_run_id) if rows is None else rows
+    scored = [r for r in rows if math.isfinite(r["metrics"].get("val/ged", math.nan))]
+    if not scored:
+        return []
+    full = [r for r in scored if r["status"] == "FINISHED"] or scored  # FINISHED: ran all epochs (tune.py)
+    front = pareto_front([(r["metrics"]["val/ged"], r["metrics"].get("val/ncc", math.nan)) for r in full])
+    return [full[i] for i in front]
+
+
+def pick_pareto(uri: str, dataset: str | None, sweep: str | None, pick: int) -> BestTrial:
+    """The `pick`-th (1-based, lowest GED first) Pareto-optimal trial of a sweep, as a `BestTrial`."""
+    parent = find_sweep(uri, dataset, sweep)
+    front = pareto_trials(uri, parent.info.run_id)
+    if not front:
+        raise SupuqError(f"sweep {parent.info.run_name!r} has no trial with a val/ged value")
+    if not 1 <= pick <= len(front):
+        raise SupuqError(f"--pick must be between 1 and {len(front)} (the Pareto-optimal trials), got {pick}")
+    row = front[pick - 1]
+    if not row["config"]:
+        raise SupuqError(f"trial {row['name']} has no supuq.config tag to retrain from")
+    cfg = validate_config(json.loads(row["config"]), f"trial {row['name']}")
+    return BestTrial(parent.info.run_id, parent.info.run_name, row["run_id"], row["name"], "val/ged",
+                     row["metrics"]["val/ged"], cfg)
+
+
+def retrain_configs(
+    best: Config, seeds: int, baselines: bool, samples: int, tuned: dict[str, Config] | None = None
+) -> list[Config]:
+    """One config per (method, seed): trained on train+val, tested with `samples` (M=5 x K, or 1 x samples).
+
+    A baseline takes its own tuned config from `tuned` (e.g. the best trial of its own sweep) when given,
+    else the best config with that method's fixed settings (`Config.with_method`).
+    """
     methods = ["supervised", "kohl", "kendall_gal"] if baselines else [best.model.method]
-    weight = best.eval.weight_samples if samples % best.eval.weight_samples == 0 else 1
     configs = []
     for method in methods:
-        base = best if method == best.model.method else best.with_method(method)
+        if method == best.model.method:
+            base = best
+        elif tuned and method in tuned:
+            base = tuned[method]
+        else:
+            base = best.with_method(method)
+        weight = base.eval.weight_samples if samples % base.eval.weight_samples == 0 else 1
         for seed in range(seeds):
             configs.append(base.updated({
                 "train.seed": seed, "train.train_on_val": True,
@@ -133,6 +223,7 @@ def retrain(
     parallel: bool = True,
     out_root: str | Path = "runs/retrain",
     progress=None,
+    tuned: dict[str, BestTrial] | None = None,
 ) -> RetrainOutcome:
     """Retrain `cfg` (the best config) over `seeds` seeds (and the baselines), log and tabulate."""
     from . import tracking
@@ -140,11 +231,13 @@ def retrain(
     started = time.perf_counter()
     experiment = tracking.experiment_name(cfg.data.dataset)
     tracking.init_store(uri, experiment)
-    configs = retrain_configs(cfg, seeds, baselines, samples)
+    configs = retrain_configs(cfg, seeds, baselines, samples, {m: t.config for m, t in (tuned or {}).items()})
     tags = {"supuq.kind": "retrain", "supuq.dataset": cfg.data.dataset}
     if best is not None:
         tags.update({"supuq.sweep_run_id": best.sweep_run_id, "supuq.sweep_name": best.sweep_name,
                      "supuq.best_trial_run": best.run_id})
+    for method, trial in (tuned or {}).items():
+        tags[f"supuq.sweep_name.{method}"] = trial.sweep_name
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_root = Path(out_root) / f"{cfg.data.dataset}-{stamp}"
     with tracking.tracked_run(uri, experiment, run_name=f"retrain-{cfg.data.dataset}-{stamp}", tags=tags) as parent:

@@ -168,12 +168,20 @@ def sweep(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or the local store)."),
     name: Optional[str] = typer.Option(None, help="Sweep name (default <dataset>-<time>)."),
     resume: Optional[str] = typer.Option(None, help="Continue the interrupted sweep of this name."),
+    objective: Optional[str] = typer.Option(
+        None, help="ged (min val/ged) | ncc (max val/ncc) | both (default: the space file's metric). both: Optuna's "
+        "multi-objective TPE on val/ged and val/ncc, a Pareto front (`supuq best --objective both`), with ASHA off: "
+        "ASHA ranks trials by one metric and would stop the front's high-NCC trials, and early-stopped values are "
+        "not comparable. A NaN NCC (no image with a non-constant map) is told to the searcher as -1, the worst NCC.",
+    ),
 ) -> None:
     """Search beta, gamma, the weight-noise prior and lr with Ray Tune + Optuna (TPE) + ASHA; every trial in MLflow."""
     from .tune import SweepInterrupted, SweepOptions, run_sweep
 
+    if objective is not None and objective not in ("ged", "ncc", "both"):
+        raise SupuqError(f"--objective must be ged, ncc or both, got {objective!r}")
     opts = SweepOptions(dataset, config, space, samples, concurrent, list(set_), gpus_per_trial, cpus_per_trial,
-                        address, storage, tracking_uri, name, resume)
+                        address, storage, tracking_uri, name, resume, objective=objective)
     try:
         outcome = run_sweep(opts, console=console)
     except SweepInterrupted as stop:
@@ -194,6 +202,14 @@ def sweep(
             f"{p.get('model.weight_noise.prior_std', float('nan')):.3g}", f"{p.get('optim.lr', float('nan')):.2e}",
         )
     console.print(table)
+    if objective == "both":
+        from .best import pareto_front
+
+        done = [t for t in ordered if t["status"] == "TERMINATED" and "val/ged" in t["metrics"]]
+        front = pareto_front([(t["metrics"]["val/ged"], t["metrics"].get("val/ncc", float("nan"))) for t in done])
+        console.print("Pareto-optimal trials (min val/ged, max val/ncc): "
+                      + ", ".join(done[i]["trial_id"] for i in front)
+                      + f"; list and retrain one with: supuq best --sweep {outcome.name} --objective both --pick N")
     console.print(f"{len(outcome.trials)} trials, {outcome.stopped_early} stopped early by ASHA, "
                   f"{outcome.seconds:.0f} s; best config: {outcome.path}/best.yaml")
     console.print(f"MLflow parent run {outcome.parent_run_id}; browse with: supuq ui")
@@ -209,28 +225,140 @@ def best(
     baselines: bool = typer.Option(False, "--baselines", help="Also retrain the Kohl and Kendall-Gal baselines."),
     samples: int = typer.Option(50, help="Test samples per image."),
     serial: bool = typer.Option(False, "--serial", help="Retrain seeds one after another instead of as Ray tasks."),
+    baseline_sweep: list[str] = typer.Option(
+        [], "--baseline-sweep", help="METHOD=SWEEP: retrain a baseline with the best trial of its own sweep (repeatable)."
+    ),
+    objective: Optional[str] = typer.Option(
+        None, help="ged | ncc | both (default: what the sweep searched). both: list the Pareto-optimal trials "
+        "(min val/ged, max val/ncc); --pick N chooses one."),
+    pick: Optional[int] = typer.Option(None, help="With --objective both: the N-th Pareto-optimal trial (1 = lowest GED)."),
+    report: Optional[Path] = typer.Option(None, help="With --retrain: also write the retrain's HTML report here."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
-    from .best import best_trial, retrain as run_retrain
+    from .best import best_trial, find_sweep, pick_pareto, retrain as run_retrain, sweep_objective
+    from .sweep_space import OBJECTIVES
     from .tracking import resolve_tracking_uri
 
     if seeds < 1 or samples < 2:
         raise SupuqError("--seeds must be >= 1 and --samples >= 2")
+    if objective is not None and objective not in ("ged", "ncc", "both"):
+        raise SupuqError(f"--objective must be ged, ncc or both, got {objective!r}")
     uri = resolve_tracking_uri(tracking_uri)
-    found = best_trial(uri, dataset, sweep)
+    parent = find_sweep(uri, dataset, sweep)
+    objective = objective or sweep_objective(parent)
+    if pick is not None and objective != "both":
+        raise SupuqError("--pick chooses among Pareto-optimal trials: use it with --objective both")
+    if objective == "both":
+        front = _pareto_table(uri, parent)
+        if pick is None:
+            if retrain:
+                raise SupuqError(f"--objective both: choose the trial to retrain with --pick N (1..{len(front)})")
+            return
+        found = pick_pareto(uri, dataset, parent.info.run_id, pick)
+    else:
+        metric, mode = OBJECTIVES.get(objective, OBJECTIVES["ged"])
+        found = best_trial(uri, dataset, parent.info.run_id, metric, mode)
     console.print(f"best trial of sweep {found.sweep_name}: {found.trial_name} ({found.metric} = {found.value:.4f}, run {found.run_id})")
     flat = found.config.flat()
     for key in ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr"):
         console.print(f"  {key} = {flat[key]}")
     if not retrain:
         return
+    tuned = {}
+    for item in baseline_sweep:
+        method, _, name = item.partition("=")
+        if method not in ("kohl", "kendall_gal") or not name:
+            raise SupuqError(f"--baseline-sweep {item!r}: expected kohl=SWEEP or kendall_gal=SWEEP")
+        tuned[method] = best_trial(uri, dataset, name)
+        if tuned[method].config.model.method != method:
+            raise SupuqError(f"sweep {name!r} tuned method {tuned[method].config.model.method!r}, not {method!r}")
+        console.print(f"{method}: best trial {tuned[method].trial_name} of sweep {name} "
+                      f"({tuned[method].metric} = {tuned[method].value:.4f})")
     with _bar("retraining (method x seed)") as progress:
-        outcome = run_retrain(found, found.config, uri, seeds, baselines, samples, parallel=not serial,
-                              progress=progress)
+        outcome = run_retrain(found, found.config, uri, seeds, baselines or bool(tuned), samples,
+                              parallel=not serial, progress=progress, tuned=tuned)
     console.print(outcome.table)
     console.print(f"retrain run {outcome.parent_run_id} ({outcome.seconds:.0f} s); results.md is its artifact. "
                   "Browse with: supuq ui")
+    if report is not None:
+        from .report import write_report
+
+        written = write_report(uri, outcome.parent_run_id, report)
+        console.print(f"report: {written.path} (also the run's artifact report.html)")
+
+
+@app.command()
+@user_errors
+def results(
+    retrain_run: str = typer.Argument(..., help="The retrain run id (from `supuq best --retrain`)."),
+    out: Path = typer.Option(Path("docs/results.md"), help="Markdown file to write (PNGs go beside it)."),
+    sweep_of: list[str] = typer.Option([], "--sweep-of", help="METHOD=SWEEP: learning curves from that sweep's best trial (repeatable)."),
+    command: list[str] = typer.Option([], "--command", help="A command that regenerates the study, listed in the file (repeatable)."),
+    wall_time: Optional[str] = typer.Option(None, help="The study's wall time, stated in the file."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """Write the comparison study (Table 2/3 style tables, the paper's three claims judged, curves, panels)."""
+    from .study import write_results
+    from .tracking import resolve_tracking_uri
+
+    sweeps = {}
+    for item in sweep_of:
+        method, _, name = item.partition("=")
+        if not method or not name:
+            raise SupuqError(f"--sweep-of {item!r}: expected METHOD=SWEEP")
+        sweeps[method] = name
+    path = write_results(resolve_tracking_uri(tracking_uri), retrain_run, out, sweeps, list(command), wall_time)
+    console.print(f"wrote {path}")
+
+
+def _pareto_table(uri: str, parent) -> list[dict]:
+    """Print a sweep's Pareto-optimal trials (min val/ged, max val/ncc), numbered for --pick; returns them."""
+    from .best import pareto_trials
+
+    front = pareto_trials(uri, parent.info.run_id)
+    table = Table(title=f"sweep {parent.info.run_name}: Pareto-optimal trials (min val/ged, max val/ncc)",
+                  caption="NCC nan: no validation image with a non-constant map (ranked as the worst NCC)")
+    for column in ("pick", "trial", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr", "run id"):
+        table.add_column(column, justify="right", overflow="fold")
+
+    def short(value: str | None) -> str:
+        try:
+            return f"{float(value):.3g}"
+        except (TypeError, ValueError):
+            return value or "-"
+
+    for number, row in enumerate(front, 1):
+        m, p = row["metrics"], row["params"]
+        table.add_row(
+            str(number), row["name"], f"{m['val/ged']:.4f}", f"{m.get('val/ncc', float('nan')):.3f}",
+            *(short(p.get(k)) for k in ("loss.beta", "loss.gamma", "model.weight_noise.prior",
+                                         "model.weight_noise.prior_std", "optim.lr")),
+            row["run_id"],
+        )
+    console.print(table)
+    if not front:
+        raise SupuqError(f"sweep {parent.info.run_name!r} has no trial with a val/ged value")
+    return front
+
+
+@app.command()
+@user_errors
+def report(
+    target: str = typer.Argument(..., metavar="RUN_ID|SWEEP_NAME", help="A retrain run id, a sweep's parent run id, "
+                                 "or a sweep (or retrain) run name."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write."),
+    log: bool = typer.Option(True, "--log/--no-log", help="Also log the report as the run's artifact report.html."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """One self-contained HTML report (tables, figures, reliability; a sweep's Pareto front and ASHA stops)."""
+    from .report import write_report
+    from .tracking import resolve_tracking_uri
+
+    written = write_report(resolve_tracking_uri(tracking_uri), target, out, log_artifact=log)
+    if written.logged:
+        err_console.print(f"{written.kind} run {written.run_id}: logged as artifact report.html", highlight=False)
+    typer.echo(str(written.path))
 
 
 def _bar(label: str):

@@ -80,9 +80,24 @@ class Resources(_Strict):
     gpu: float = Field(0.0, ge=0)
 
 
+OBJECTIVES = {"ged": ("val/ged", "min"), "ncc": ("val/ncc", "max")}
+"""`supuq sweep --objective` names -> (metric, mode); `both` searches the two together (see `Objective`)."""
+
+
+class Objective(_Strict):
+    """One objective of a multi-objective search."""
+
+    metric: str
+    mode: Literal["min", "max"]
+
+
 class SweepSpace(_Strict):
     metric: str = "val/ged"
     mode: Literal["min", "max"] = "min"
+    objectives: list[Objective] | None = Field(
+        None, description="multi-objective search (Optuna's TPE over all of them, a Pareto front); `metric` and "
+        "`mode` are then the first objective's: the progress bar's and best.yaml's metric",
+    )
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     seed: int = 0
@@ -101,6 +116,36 @@ class SweepSpace(_Strict):
             if not is_config_key(key):
                 raise ValueError(f"{key!r} is not a config key (e.g. loss.beta, optim.lr)")
         return space
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_from_objectives(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("objectives"):
+            first = raw["objectives"][0]
+            if isinstance(first, dict):
+                raw = {**raw, "metric": raw.get("metric", first.get("metric")), "mode": raw.get("mode", first.get("mode"))}
+        return raw
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "SweepSpace":
+        if self.objectives is None:
+            return self
+        if len(self.objectives) < 2 or len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError("objectives needs two or more different metrics (one objective: use metric and mode)")
+        if (self.metric, self.mode) != (self.objectives[0].metric, self.objectives[0].mode):
+            raise ValueError("with objectives, metric and mode must be the first objective's (or left out)")
+        if self.scheduler.type == "asha":
+            raise ValueError("ASHA stops trials by one metric, which would prune the other objective's end of the "
+                             "Pareto front: use scheduler: {type: none} with objectives")
+        return self
+
+    @property
+    def objective(self) -> str:
+        """`both` for the GED + NCC search, else `ged` / `ncc` / the metric's name."""
+        if self.objectives:
+            pairs = {(o.metric, o.mode) for o in self.objectives}
+            return "both" if pairs == set(OBJECTIVES.values()) else "+".join(o.metric for o in self.objectives)
+        return next((name for name, pair in OBJECTIVES.items() if pair == (self.metric, self.mode)), self.metric)
 
     def first_points(self, base: Config) -> list[dict[str, Any]]:
         """Points evaluated before the searcher's own, each over every searched key: `points_to_evaluate`

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, default_config_path, dump_config, load_config, validate_config
 from .errors import ConfigError, SupuqError
@@ -46,6 +47,7 @@ class SweepOptions:
     tracking_uri: str | None = None
     name: str | None = None
     resume: str | None = None
+    objective: str | None = None  # ged | ncc | both (None: the space file's metric); see `objective_changes`
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -73,6 +75,7 @@ class SweepOutcome:
 
 def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str) -> None:
     """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`."""
+    import ray
     import torch
     from ray import tune
 
@@ -89,7 +92,10 @@ def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, par
 
     existing = tracking.child_runs(uri, parent_run_id, filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'")
     run_id = existing[0].info.run_id if existing else None
-    tags = {**tracking.standard_tags(cfg), TRIAL_TAG: trial_id, "supuq.kind": "trial"}
+    # The Ray node this attempt runs on (a retried trial's tag names the node of its last attempt): on a
+    # cluster whose nodes share an IP (several nodes per host), only the node id tells them apart.
+    node_id = ray.get_runtime_context().get_node_id()
+    tags = {**tracking.standard_tags(cfg), TRIAL_TAG: trial_id, "supuq.kind": "trial", "supuq.node_id": node_id}
     with contextlib.ExitStack() as stack:
         resume_dir = None
         checkpoint = tune.get_checkpoint()
@@ -111,7 +117,7 @@ def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, par
             # validation metric in every result, and ASHA's time axis is the "epoch" key, not the report count.
             if any(key.startswith("val/") for key in metrics):
                 saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
-                tune.report({**metrics, "epoch": epoch}, checkpoint=saved)
+                tune.report({**metrics, "epoch": epoch, "node_id": node_id}, checkpoint=saved)
 
         report.quiet = True  # type: ignore[attr-defined]
         fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
@@ -204,6 +210,8 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     if opts.gpus_per_trial is not None:
         resources["gpu"] = opts.gpus_per_trial
     changes["resources"] = resources
+    if opts.objective is not None:
+        changes.update(objective_changes(opts.objective, space))
     raw = {**space.model_dump(mode="json"), **changes}
     raw["space"] = {k: {d["kind"]: d["value"]} for k, d in raw["space"].items()}
     space = SweepSpace.model_validate(raw)
@@ -213,6 +221,55 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     for point in space.first_points(cfg):
         cfg.updated(point)
     return cfg, space
+
+
+def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
+    """Search-space fields for `supuq sweep --objective ged|ncc|both`.
+
+    `ged` (min) and `ncc` (max) are single-objective TPE, with the space file's scheduler (ASHA on that metric).
+    `both` is Optuna's multi-objective TPE over val/ged (min) and val/ncc (max) and turns ASHA off: ASHA ranks
+    trials by one metric, so it would stop the trials of the front's high-NCC end for their GED, and a stopped
+    trial's last values come from fewer epochs than a finished one's, so they cannot be compared on the front.
+    Every trial then runs all epochs. Where NCC is NaN (no validation image with a non-constant map), the
+    searcher alone is told -1, the worst NCC (`NanSafeOptunaSearch`); MLflow keeps the NaN."""
+    from .sweep_space import OBJECTIVES
+
+    if objective == "both":
+        return {
+            "metric": OBJECTIVES["ged"][0], "mode": OBJECTIVES["ged"][1],
+            "objectives": [{"metric": m, "mode": d} for m, d in (OBJECTIVES["ged"], OBJECTIVES["ncc"])],
+            "scheduler": {**space.scheduler.model_dump(mode="json"), "type": "none"},
+        }
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be ged, ncc or both, got {objective!r}")
+    metric, mode = OBJECTIVES[objective]
+    return {"metric": metric, "mode": mode, "objectives": None}
+
+
+NCC_WORST = -1.0
+"""What the searcher is told where val/ncc is NaN: NCC lies in [-1, 1], so -1 is its worst value."""
+
+
+def searchable(result: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a trial result for the searcher: a NaN val/ncc becomes `NCC_WORST`."""
+    import math
+
+    value = result.get("val/ncc")
+    if isinstance(value, float) and math.isnan(value):
+        return {**result, "val/ncc": NCC_WORST}
+    return result
+
+
+class NanSafeOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told `NCC_WORST` instead of a NaN NCC: Optuna would otherwise fail that trial (a
+    NaN objective is not acceptable to `study.tell`) and TPE would learn nothing from it. Only the searcher
+    sees the substitute; Tune's results and MLflow keep the NaN."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, searchable(result))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, searchable(result) if result else result, error)
 
 
 def param_space(space: SweepSpace) -> dict[str, Any]:
@@ -244,10 +301,18 @@ def connect_ray(address: str | None, cpus: float | None = None) -> bool:
             ray.init(num_cpus=cpus, **kwargs)
     except Exception as err:  # Ray raises ConnectionError, RuntimeError, and its own auth errors
         text = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-        if "auth" in text.lower() or "token" in text.lower():
+        # Ray 2.60 reports a missing or wrong token as "ConnectionError: Failed to connect to Ray cluster",
+        # with the AuthenticationError (InvalidAuthToken) only in its cause chain.
+        chain, cause = [], err
+        while cause is not None and len(chain) < 8:
+            chain.append(f"{cause.__class__.__name__}: {cause}")
+            cause = cause.__cause__ or cause.__context__
+        if any(n in c.lower() for c in chain for n in ("auth", "token")):
+            mode = os.environ.get("RAY_AUTH_MODE") or "unset"
             raise SupuqError(
-                f"cannot join Ray cluster at {address}: {text}. The cluster uses token authentication: set "
-                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+                f"cannot join Ray cluster at {address}: {text} (authentication token missing or wrong; "
+                f"RAY_AUTH_MODE is {mode}). The cluster uses token authentication: set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
             ) from None
         where = f"Ray cluster at {address}" if address else "a local Ray instance"
         raise SupuqError(f"cannot start or join {where}: {text}") from None
@@ -322,7 +387,6 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from . import tracking
     from .data.prepare import default_cache_dir, load_dataset
@@ -367,7 +431,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             parent_id = state["parent_run_id"]
         else:
             parent_id = tracking.create_run(
-                uri, experiment, run_name=name, tags={"supuq.kind": "sweep", "supuq.dataset": cfg.data.dataset}
+                uri, experiment, run_name=name,
+                tags={"supuq.kind": "sweep", "supuq.dataset": cfg.data.dataset, "supuq.objective": space.objective},
             )
             space_raw = space.model_dump(mode="json")
             space_raw["space"] = {k: {d["kind"]: d["value"]} for k, d in space_raw["space"].items()}
@@ -385,6 +450,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
         )
         fs = storage_filesystem(root)
+        # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
+        ray_root = _fs(root)[1] if fs is not None else root
         progress = TrialProgress(space.num_samples, space.metric, space.mode) if console is not None else None
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
@@ -392,11 +459,18 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                 parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
             if opts.resume:
                 tuner = tune.Tuner.restore(
-                    f"{root}/{name}", trainable, resume_unfinished=True, restart_errored=True,
+                    f"{ray_root}/{name}", trainable, resume_unfinished=True, restart_errored=True,
                     storage_filesystem=fs,
                 )
             else:
-                searcher = OptunaSearch(seed=space.seed, points_to_evaluate=space.first_points(cfg) or None)
+                # Multi-objective: Ray's OptunaSearch takes the metric and mode lists itself, and TuneConfig must
+                # then name no metric (Tune would hand the searcher its single one); `objectives` has no ASHA.
+                multi = space.objectives is not None
+                searcher = NanSafeOptunaSearch(
+                    metric=[o.metric for o in space.objectives] if multi else None,
+                    mode=[o.mode for o in space.objectives] if multi else None,
+                    seed=space.seed, points_to_evaluate=space.first_points(cfg) or None,
+                )
                 scheduler = (
                     ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=space.scheduler.grace_period,
                                   reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
@@ -407,14 +481,15 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     trainable,
                     param_space=param_space(space),
                     tune_config=tune.TuneConfig(
-                        metric=space.metric, mode=space.mode, num_samples=space.num_samples,
+                        metric=None if multi else space.metric, mode=None if multi else space.mode,
+                        num_samples=space.num_samples,
                         # Tune wraps the searcher in a ConcurrencyLimiter of this size; without the limit a
                         # custom searcher runs trials almost one at a time.
                         search_alg=searcher,
                         scheduler=scheduler, max_concurrent_trials=space.max_concurrent,
                     ),
                     run_config=tune.RunConfig(
-                        name=name, storage_path=root, storage_filesystem=fs,
+                        name=name, storage_path=ray_root, storage_filesystem=fs,
                         failure_config=tune.FailureConfig(max_failures=space.max_failures),
                         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                         verbose=0, callbacks=[progress] if progress else None,
@@ -461,6 +536,7 @@ def summarize_trials(grid, space: SweepSpace, max_epochs: int) -> list[dict[str,
             "metrics": {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float))},
             "epochs": int(metrics.get("epoch", 0)),
             "node_ip": metrics.get("node_ip"),
+            "node_id": metrics.get("node_id"),
             "path": result.path,
         })
     return rows

@@ -4,6 +4,7 @@ identities; Kohl's zero epistemic; one-line errors; a model named by its MLflow 
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,17 @@ def write_dicom_series(folder: Path, hu: np.ndarray) -> Path:
     """One CT file per axial slice with position/orientation tags; stored = HU + 1024 (RescaleIntercept -1024),
     so reading it back exercises the rescale."""
     folder.mkdir(parents=True, exist_ok=True)
+    # ITK's GDCM writer sets the process locale to "C" and leaves it there (text I/O of later tests in this
+    # process would become ASCII): restore it.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(folder, hu)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+    return folder
+
+
+def _write_dicom_slices(folder: Path, hu: np.ndarray) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     uid = "1.2.826.0.1.3680043.2.1125.4242"
@@ -111,7 +123,6 @@ def write_dicom_series(folder: Path, hu: np.ndarray) -> Path:
             s.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
         writer.Execute(s)
-    return folder
 
 
 def read(path: Path) -> tuple[sitk.Image, np.ndarray]:

@@ -29,6 +29,9 @@ def machine() -> str:
         f"torch {torch.__version__}",
         f"threads {torch.get_num_threads()}",
     ]
+    for var in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_"):
+        if os.environ.get(var):
+            parts.append(f"{var}={os.environ[var]}")
     try:
         parts.append(f"load avg {os.getloadavg()[0]:.2f}")
     except OSError:
@@ -36,6 +39,18 @@ def machine() -> str:
     if torch.cuda.is_available():
         parts.append(f"cuda {torch.cuda.get_device_name()}")
     return ", ".join(parts)
+
+
+def add_common_args(parser) -> None:
+    """--threads and --no-record, shared by every script."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's, i.e. the cores); 1 is steadier on a busy machine")
+    parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+
+
+def apply_common_args(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
 
 def sync(device: torch.device | str | None = None) -> None:
@@ -53,12 +68,18 @@ def _cpu_times() -> tuple[int, int] | None:
     return idle, sum(fields)
 
 
-def wait_for_quiet(max_wait: float = 10.0, window: float = 0.25, idle_needed: float = 0.8) -> float:
+_WAIT_BUDGET = [float(os.environ.get("BENCH_WAIT_BUDGET", "60"))]
+
+
+def wait_for_quiet(max_wait: float = 5.0, window: float = 0.25, idle_needed: float = 0.8) -> float:
     """Wait (at most `max_wait` s) until the machine's CPUs were >= `idle_needed` idle over a `window`.
 
     On a shared 2-core machine another job's process makes torch's 2 OpenMP threads wait for each other and a
     step can take several times longer; waiting for a quiet moment before each timed call removes most of that
-    noise. Returns the seconds waited (0 where /proc/stat is not available)."""
+    noise. The waits of a whole run share a budget (BENCH_WAIT_BUDGET seconds, default 60): on a machine that is
+    never quiet the script stops waiting rather than taking forever. Returns the seconds waited."""
+    if _WAIT_BUDGET[0] <= 0:
+        return 0.0
     start = time.perf_counter()
     while True:
         a = _cpu_times()
@@ -69,8 +90,19 @@ def wait_for_quiet(max_wait: float = 10.0, window: float = 0.25, idle_needed: fl
         busy_total = b[1] - a[1]
         idle = (b[0] - a[0]) / busy_total if busy_total > 0 else 1.0
         waited = time.perf_counter() - start
-        if idle >= idle_needed or waited >= max_wait:
+        if idle >= idle_needed or waited >= max_wait or waited >= _WAIT_BUDGET[0]:
+            _WAIT_BUDGET[0] -= waited
             return waited
+
+
+def busy_fraction(window: float = 1.0) -> float:
+    """Fraction of the machine's CPU time used (by anyone, including this process) over `window` seconds."""
+    a = _cpu_times()
+    time.sleep(window)
+    b = _cpu_times()
+    if a is None or b is None or b[1] == a[1]:
+        return float("nan")
+    return 1.0 - (b[0] - a[0]) / (b[1] - a[1])
 
 
 def interleaved(

@@ -102,6 +102,11 @@ class Fcomb(nn.Module):
         return h.reshape(n, k, height, width)
 
 
+# Elements of one fcomb activation per piece when sampling on the CPU (2^21 float32 = 8 MB): small enough for glibc
+# to serve from its heap and reuse (blocks over 32 MB are always fresh mmaps), large enough to keep matmuls efficient.
+_CPU_PIECE_ELEMENTS = 2**21
+
+
 def _rsample(mu: Tensor, log_sigma: Tensor, shape: Sequence[int] = ()) -> Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I); `shape` inserts sample dims after the batch dim."""
     expand = (mu.shape[0], *shape, mu.shape[-1])
@@ -189,8 +194,16 @@ class ProbUNet(nn.Module):
         if weight_samples != 1 and not self.has_weight_noise:
             raise ValueError(f"weight_samples={weight_samples} needs weight noise; this model has none (use M=1)")
         b, m, k = x.shape[0], weight_samples, latent_samples
-        feats = self.unet(x, draws=m, shared_weights=True)  # [B, M, C, H, W]
+        feats = self.unet(x, draws=m, shared_weights=True).flatten(0, 1)  # [B*M, C, H, W]
         mu_p, ls_p = self.prior(x)
-        z = _rsample(mu_p, ls_p, (k,))  # [B, K, L]
-        logits = self.fcomb(feats.flatten(0, 1), z.repeat_interleave(m, dim=0))  # [B*M, K, H, W]
+        z = _rsample(mu_p, ls_p, (k,)).repeat_interleave(m, dim=0)  # [B*M, K, L]
+        # On the CPU, decode a few feature maps at a time: fcomb's activations for all B*M*K samples at once are
+        # hundreds of MB, which the CPU allocator takes fresh from the OS (page faults) on every call, while
+        # pieces of ~8 MB are reused from the heap: 3x faster at 64x64 (bench/sample.py), same numbers.
+        # The CUDA caching allocator reuses memory anyway, so there all maps go in one call.
+        step = feats.shape[0]
+        if feats.device.type == "cpu":
+            step = max(1, _CPU_PIECE_ELEMENTS // (feats[0].numel() * k))
+        pieces = [self.fcomb(feats[i : i + step], z[i : i + step]) for i in range(0, feats.shape[0], step)]
+        logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # [B*M, K, H, W]
         return logits.reshape(b, m, k, *logits.shape[-2:])

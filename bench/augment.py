@@ -1,0 +1,138 @@
+"""Elastic augmentation: `supuq.augment.Augmenter` (kornia's elastic transform computed directly, whole batch on the
+device) and kornia's own AugmentationSequential pipeline (what Augmenter was before; same outputs) vs a per-sample
+CPU implementation with scipy `map_coordinates`, and the augmentation's share of a training step.
+
+Both draw the same kind of field: uniform noise in [-1, 1] per pixel and axis, smoothed by a Gaussian (kernel 31,
+sigma 6, zero padding, as kornia does), scaled by alpha = 1 in normalised coordinates (W/2 pixels per unit with
+align_corners=False); the image is resampled bilinear and its 4 masks nearest, edge values outside the image.
+The scipy version loops over the samples in Python (numpy field, gaussian_filter, map_coordinates per channel),
+as an augmentation inside a per-item Dataset would.
+
+Share of a step = t_aug / (t_aug + t_step) with t_step = ProbUNet.loss + backward + Adam on the same batch size,
+timed in the same run: 128x128 with the paper's model (batch 32) and 64x64 with the synthetic model (batch 32).
+
+Usage: python bench/augment.py [--quick] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+import benchlib
+from benchlib.reference import kornia_augmenter
+from step import make_batch, step_fn
+from supuq.augment import Augmenter
+from supuq.config import AugmentConfig, LossConfig, ModelConfig, load_config
+from supuq.models import ProbUNet
+
+ROOT = Path(__file__).resolve().parent.parent
+CFG = AugmentConfig(elastic=True, flip=False)  # kernel 31, sigma 6, alpha 1 (the config defaults)
+
+
+def scipy_elastic(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample elastic deformation: images [B,1,H,W] float32, masks [B,D,H,W] float32 {0,1}."""
+    b, _, h, w = images.shape
+    radius = CFG.kernel_size // 2
+    truncate = radius / CFG.sigma  # scipy's kernel radius = int(truncate * sigma + 0.5) = 15, as kornia's 31 taps
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
+    out_i, out_m = np.empty_like(images), np.empty_like(masks)
+    for i in range(b):
+        noise = rng.uniform(-1.0, 1.0, size=(2, h, w)).astype(np.float32)
+        field = gaussian_filter(noise, sigma=(0, CFG.sigma, CFG.sigma), truncate=truncate, mode="constant")
+        coords = np.stack([yy + field[1] * CFG.alpha * h / 2, xx + field[0] * CFG.alpha * w / 2])
+        out_i[i, 0] = map_coordinates(images[i, 0], coords, order=1, mode="nearest")
+        for j in range(masks.shape[1]):
+            out_m[i, j] = map_coordinates(masks[i, j], coords, order=0, mode="nearest")
+    return out_i, out_m
+
+
+def bench_case(name, model_cfg, loss_cfg, b, size, reps, warmup):
+    torch.manual_seed(0)
+    x, masks = make_batch(b, size)
+    aug = Augmenter(CFG)
+    pipeline = kornia_augmenter(CFG)
+    torch.manual_seed(1)
+    a = aug(x, masks)
+    torch.manual_seed(1)
+    k = pipeline(x, masks)
+    same = (float((a[0] - k[0]).abs().max()), int((a[1] != k[1]).sum()))
+    xn, mn = x.numpy(), masks.numpy()
+    rng = np.random.default_rng(0)
+    model = ProbUNet(model_cfg, loss_cfg)
+    step = step_fn(model, torch.optim.Adam(model.parameters(), 1e-4), ProbUNet.loss, x, masks, 1000)
+    contenders = {
+        "supuq Augmenter (batch)": lambda: aug(x, masks),
+        "kornia AugmentationSequential (before)": lambda: pipeline(x, masks),
+        "scipy map_coordinates (per sample)": lambda: scipy_elastic(xn, mn, rng),
+        "training step (loss+backward+Adam)": step,
+    }
+    times = benchlib.interleaved(contenders, reps=reps, warmup=warmup)
+    t_step = times["training step (loss+backward+Adam)"]
+    rows = []
+    for key in ("supuq Augmenter (batch)", "kornia AugmentationSequential (before)",
+                "scipy map_coordinates (per sample)"):
+        t = times[key]
+        share = benchlib.median([a / (a + s) for a, s in zip(t, t_step)])
+        rows.append((name, key, b, benchlib.median(t) * 1e3, benchlib.median(benchlib.paired_ratios(t, times[
+            "supuq Augmenter (batch)"])), share * 100))
+    rows.append((name, "training step (loss+backward+Adam)", b, benchlib.median(t_step) * 1e3, "", ""))
+    return rows, same
+
+
+def displacement_check(size=128, b=16):
+    """Mean displacement length (px) of the two fields: supuq's sampling grid minus the identity, and the scipy
+    field, both converted to pixels (W/2 per normalised unit)."""
+    torch.manual_seed(0)
+    aug = Augmenter(CFG)
+    grid = aug.elastic_grid(b, size, size, torch.device("cpu"), torch.float32)
+    identity = aug.elastic_grid(1, size, size, torch.device("cpu"), torch.float32) * 0 + aug._operators(
+        size, size, torch.device("cpu"), torch.float32)[2]
+    ours = float(((grid - identity) * size / 2).pow(2).sum(-1).sqrt().mean())
+    rng = np.random.default_rng(0)
+    lengths = []
+    for _ in range(b):
+        noise = rng.uniform(-1.0, 1.0, size=(2, size, size))
+        field = gaussian_filter(noise, sigma=(0, CFG.sigma, CFG.sigma), truncate=(CFG.kernel_size // 2) / CFG.sigma,
+                                mode="constant") * CFG.alpha * size / 2
+        lengths.append(np.sqrt((field**2).sum(0)).mean())
+    return ours, float(np.mean(lengths))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="128x128 step at batch 8 (share estimated at that batch)")
+    benchlib.add_common_args(p)
+    args = p.parse_args(argv)
+    benchlib.apply_common_args(args)
+    syn = load_config(ROOT / "configs" / "synthetic.yaml")
+    cases = [
+        ("128x128 paper model", ModelConfig(), LossConfig(), 8 if args.quick else 32, 128, 2, 1),
+        ("64x64 synthetic model", syn.model, syn.loss, 32, 64, 5, 1),
+    ]
+    rows, same = [], []
+    for case in cases:
+        case_rows, diff = bench_case(*case)
+        rows += case_rows
+        same.append(f"{case[0]}: image max |diff| {diff[0]:.1e}, mask pixels differing {diff[1]}")
+        print(benchlib.table(["case", "what", "B", "ms", "time / supuq", "share of step %"], case_rows), flush=True)
+    k, s = displacement_check()
+    body = (
+        f"Elastic deformation (kernel {CFG.kernel_size}, sigma {CFG.sigma}, alpha {CFG.alpha}) of B images + 4 masks "
+        "each; interleaved with a training step of the same batch, medians (128x128: 1 warm-up + 2 rounds; 64x64: "
+        "1 + 5); share = t_aug / (t_aug + t_step), median over rounds. Target: share <= 10%.\n\n"
+        + benchlib.table(["case", "what", "B", "ms", "time / supuq", "share of step %"], rows)
+        + f"\n\nMean displacement length at 128x128 (16 fields): supuq {k:.2f} px, scipy {s:.2f} px (same kind of field).\n"
+        + "supuq Augmenter vs kornia's pipeline, same seed: " + "; ".join(same)
+    )
+    benchlib.report("bench/augment.py" + (" --quick" if args.quick else ""), body, record=not args.no_record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

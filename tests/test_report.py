@@ -1,0 +1,161 @@
+"""`supuq report` on a tiny real sweep and retrain (Ray Tune + Optuna + ASHA, MLflow sqlite), opened in headless
+Chromium; the multi-objective sweep (`--objective both`), its Pareto front and `supuq best --pick`."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from supuq import tracking
+from supuq.best import best_trial, pareto_front, retrain
+from supuq.cli import app
+from supuq.report import PUBLISHED_LABEL, _tables_2_3, aggregate_reliability, write_report
+from supuq.tune import NCC_WORST, NanSafeOptunaSearch, run_sweep
+
+from .test_tune import sweep_options, write_space
+
+runner = CliRunner()
+PNG = "data:image/png;base64,"
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, ray_session):
+    """One tiny ASHA sweep (2 trials, 2 epochs) and a retrain of its best trial (2 seeds, 3 methods, 4 samples)."""
+    tmp = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        opts = sweep_options(tmp, "rs", write_space(tmp))
+        sweep = run_sweep(opts)
+        uri = opts.tracking_uri
+        found = best_trial(uri, "synthetic", "rs")
+        outcome = retrain(found, found.config, uri, seeds=2, baselines=True, samples=4, parallel=False,
+                          out_root=tmp / "retrain")
+    return {"tmp": tmp, "uri": uri, "sweep": sweep, "retrain": outcome}
+
+
+def test_retrain_report_tables_images_artifact_and_cli(store):
+    uri, run_id = store["uri"], store["retrain"].parent_run_id
+    out = store["tmp"] / "out" / "retrain.html"
+    result = runner.invoke(app, ["report", run_id, "--out", str(out), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output
+    page = out.read_text()
+    assert "Table 2: GED" in page and "Table 3: NCC" in page
+    for label in ("Ours", "Probabilistic U-Net", "Kendall"):
+        assert label in page
+    # 3 methods x (uncertainty panel + learning curves) + the reliability diagram
+    assert page.count(PNG) == 7
+    assert "ECE" in page and "see the paper" not in page  # synthetic: no published column
+    # self-contained: nothing fetched from anywhere
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//|file:)""", page, re.I)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    client = tracking._client(uri)
+    assert "report.html" in [a.path for a in client.list_artifacts(run_id)]
+    assert tracking.get_run(uri, run_id).info.status == "FINISHED"  # logging the report left the status alone
+
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian package `chromium`; .ci/run installs it): screenshot not checked")
+    shot = store["tmp"] / "shot.png"
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run",
+         f"--user-data-dir={store['tmp'] / 'chromium-profile'}", f"--screenshot={shot}", "--window-size=1280,2000",
+         out.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.is_file(), proc.stderr[-2000:]
+    assert shot.stat().st_size > 50_000, shot.stat().st_size  # a blank 1280x2000 page is a few KB
+
+
+def test_sweep_report_by_name(store):
+    uri = store["uri"]
+    written = write_report(uri, "rs", store["tmp"] / "sweep.html")
+    assert written.kind == "sweep" and written.run_id == store["sweep"].parent_run_id
+    page = written.path.read_text()
+    assert written.images == page.count(PNG) == 3  # Pareto scatter, parameters vs GED, epochs reached
+    assert "Pareto front" in page and "Epochs reached" in page and "Trials" in page
+    for trial in store["sweep"].trials:
+        assert trial["trial_id"] in page
+    assert "report.html" in [a.path for a in tracking._client(uri).list_artifacts(written.run_id)]
+    result = runner.invoke(app, ["report", "no-such-sweep", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "no retrain or sweep run" in result.output
+
+
+def test_published_column_only_for_the_papers_datasets():
+    summary = {"supervised": {"ged_mean": 0.3, "ged_std": 0.01, "ncc_mean": 0.5, "ncc_std": 0.02}}
+    label = {"supervised": "Ours"}
+    lidc = "".join(_tables_2_3("lidc-toolbox", ["supervised"], label, summary, {}))
+    assert lidc.count(PUBLISHED_LABEL) == 2 and "see the paper (Table 2)" in lidc and "see the paper (Table 3)" in lidc
+    synthetic = "".join(_tables_2_3("synthetic", ["supervised"], label, summary, {}))
+    assert PUBLISHED_LABEL not in synthetic and "0.3000 ± 0.0100" in synthetic
+
+
+def test_reliability_is_summed_over_seeds():
+    a = {"mean_pred": [0.1, float("nan")], "mean_obs": [0.2, float("nan")], "count": [10, 0]}
+    b = {"mean_pred": [0.05, 0.9], "mean_obs": [0.05, 0.6], "count": [30, 10]}
+    agg = aggregate_reliability([a, b])
+    assert agg["count"] == [40, 10]
+    assert agg["mean_pred"][0] == pytest.approx((0.1 * 10 + 0.05 * 30) / 40)
+    assert agg["mean_obs"][1] == pytest.approx(0.6)
+    assert agg["ece"] == pytest.approx((abs(1.0 + 1.5 - 2.0 - 1.5) + abs(9.0 - 6.0)) / 50)
+
+
+def test_pareto_front_min_ged_max_ncc():
+    points = [(0.5, 0.2), (0.4, 0.1), (0.6, 0.3), (0.45, 0.05), (0.4, float("nan")), (float("nan"), 0.9)]
+    # (0.45, 0.05) is dominated by (0.4, 0.1); (0.4, nan) by (0.4, 0.1); a NaN GED is never on the front
+    assert pareto_front(points) == [1, 0, 2]
+    assert pareto_front([(0.3, float("nan"))]) == [0]
+
+
+def test_searcher_hears_worst_ncc_for_nan():
+    from ray import tune
+
+    searcher = NanSafeOptunaSearch(metric=["val/ged", "val/ncc"], mode=["min", "max"], seed=0)
+    searcher.set_search_properties(None, None, {"x": tune.uniform(0, 1)})
+    assert searcher.suggest("t1") is not None
+    searcher.on_trial_complete("t1", {"val/ged": 0.4, "val/ncc": float("nan"), "training_iteration": 1})
+    (trial,) = searcher._ot_study.trials
+    assert trial.state.name == "COMPLETE" and trial.values == [0.4, NCC_WORST]
+
+
+def test_multi_objective_sweep_pareto_and_pick(tmp_path, monkeypatch, ray_session):
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, num_samples=3)  # its ASHA is switched off by --objective both
+    opts = sweep_options(tmp_path, "mo", space, objective="both")
+    out = run_sweep(opts)
+    uri = opts.tracking_uri
+    assert out.complete and len(out.trials) == 3
+    parent = tracking.get_run(uri, out.parent_run_id)
+    assert parent.data.tags["supuq.objective"] == "both"
+    runs = tracking.child_runs(uri, out.parent_run_id)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)  # no ASHA: every trial ran all epochs
+    assert all("val/ged" in r.data.metrics and "val/ncc" in r.data.metrics for r in runs)
+    space_json = tracking.download_artifact(uri, out.parent_run_id, "space.json", tmp_path / "a")
+    assert '"objectives"' in space_json.read_text() and '"none"' in space_json.read_text()
+
+    points = [(r.data.metrics["val/ged"], r.data.metrics["val/ncc"]) for r in runs]
+    expected = {runs[i].info.run_name for i in pareto_front(points)}
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--tracking-uri", uri])  # objective from the sweep's tag
+    assert result.exit_code == 0, result.output
+    assert "Pareto-optimal" in result.output and all(name in result.output for name in expected)
+    result = runner.invoke(app, ["sweep", "--objective", "pareto"])
+    assert result.exit_code == 2 and "--objective must be ged, ncc or both" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--retrain", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "--pick" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--pick", "9", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "--pick must be between 1 and" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--pick", "1", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    lowest = min((p for p in points if not math.isnan(p[0])), key=lambda p: p[0])
+    assert f"val/ged = {lowest[0]:.4f}" in result.output
+
+    written = write_report(uri, out.parent_run_id, tmp_path / "mo.html", log_artifact=False)
+    page = written.path.read_text()
+    assert "multi-objective" in page and page.count(PNG) == 3
