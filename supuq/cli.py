@@ -13,9 +13,9 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import __version__
+from .cli_tables import info_table, metrics_table, pareto_table, sweep_table
 from .errors import SupuqError
 
 app = typer.Typer(
@@ -69,20 +69,6 @@ def _load(config: Optional[Path], overrides: list[str], dataset: Optional[str] =
     return load_config(path, overrides)
 
 
-def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    table = Table(title=title, caption="NCC: predicted aleatoric vs grader variance (excl.: images with a constant map); "
-                  "NCC true: vs the generator's p*(1-p*); div.: E d(S,S')")
-    for column in ("run", "GED", "NCC", "excl.", "NCC true", "div.", "E d(S,Y)"):
-        table.add_column(column, justify="right")
-    for name, m in rows.items():
-        true = f"{m['ncc_true']:.3f}" if m.get("ncc_true") is not None else "-"
-        table.add_row(
-            name, f"{m['ged']:.4f}", f"{m['ncc']:.3f}", f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", true,
-            f"{m['diversity']:.3f}", f"{m['dist_sy']:.3f}",
-        )
-    return table
-
-
 @app.command()
 @user_errors
 def train(
@@ -103,7 +89,7 @@ def train(
     if seed is not None:
         cfg = cfg.updated({"train.seed": seed})
     outcome = train_and_evaluate(cfg, tracking_uri, track=not no_track, out_dir=out, progress=True)
-    console.print(_metrics_table(f"test split, {cfg.model.method}", {cfg.model.method: outcome.test.as_dict("")}))
+    console.print(metrics_table(f"test split, {cfg.model.method}", {cfg.model.method: outcome.test.as_dict("")}))
     console.print(f"outputs: {outcome.out_dir}  ({outcome.seconds:.0f} s)")
     if outcome.run_id:
         console.print(f"MLflow run id: {outcome.run_id}   browse with: supuq ui")
@@ -127,7 +113,7 @@ def evaluate(
     if samples < 2 or weight_samples < 1 or samples % weight_samples:
         raise SupuqError(f"--samples ({samples}) must be >= 2 and a multiple of --weight-samples ({weight_samples})")
     result, run_id = reevaluate(model, samples, weight_samples, split, tracking_uri)
-    console.print(_metrics_table(f"{split} split", {Path(model).name if run_id is None else run_id: result.as_dict("")}))
+    console.print(metrics_table(f"{split} split", {Path(model).name if run_id is None else run_id: result.as_dict("")}))
 
 
 @app.command()
@@ -138,7 +124,8 @@ def ui(
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
 ) -> None:
     """Start the MLflow UI on the local store (Ctrl-C stops it)."""
-    from .tracking import resolve_tracking_uri, serve_ui
+    from .mlflow_server import serve_ui
+    from .tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     proc = serve_ui(uri, host=host, port=port)
@@ -189,19 +176,8 @@ def sweep(
                           f"continue it with: supuq sweep --resume {stop.name}"
                           + (f" --storage {storage}" if storage else ""))
         raise typer.Exit(130) from None
-    table = Table(title=f"sweep {outcome.name}: top trials by validation GED")
-    for column in ("trial", "status", "epochs", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr"):
-        table.add_column(column, justify="right")
     ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
-    for t in ordered[:10]:
-        p, m = t["params"], t["metrics"]
-        table.add_row(
-            t["trial_id"], t["status"], str(t["epochs"]), f"{m.get('val/ged', float('nan')):.4f}",
-            f"{m.get('val/ncc', float('nan')):.3f}", f"{p.get('loss.beta', float('nan')):.3g}",
-            f"{p.get('loss.gamma', float('nan')):.3g}", str(p.get("model.weight_noise.prior", "-")),
-            f"{p.get('model.weight_noise.prior_std', float('nan')):.3g}", f"{p.get('optim.lr', float('nan')):.2e}",
-        )
-    console.print(table)
+    console.print(sweep_table(outcome.name, ordered[:10]))
     if objective == "both":
         from .best import pareto_front
 
@@ -317,26 +293,7 @@ def _pareto_table(uri: str, parent) -> list[dict]:
     from .best import pareto_trials
 
     front = pareto_trials(uri, parent.info.run_id)
-    table = Table(title=f"sweep {parent.info.run_name}: Pareto-optimal trials (min val/ged, max val/ncc)",
-                  caption="NCC nan: no validation image with a non-constant map (ranked as the worst NCC)")
-    for column in ("pick", "trial", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr", "run id"):
-        table.add_column(column, justify="right", overflow="fold")
-
-    def short(value: str | None) -> str:
-        try:
-            return f"{float(value):.3g}"
-        except (TypeError, ValueError):
-            return value or "-"
-
-    for number, row in enumerate(front, 1):
-        m, p = row["metrics"], row["params"]
-        table.add_row(
-            str(number), row["name"], f"{m['val/ged']:.4f}", f"{m.get('val/ncc', float('nan')):.3f}",
-            *(short(p.get(k)) for k in ("loss.beta", "loss.gamma", "model.weight_noise.prior",
-                                         "model.weight_noise.prior_std", "optim.lr")),
-            row["run_id"],
-        )
-    console.print(table)
+    console.print(pareto_table(parent, front))
     if not front:
         raise SupuqError(f"sweep {parent.info.run_name!r} has no trial with a val/ged value")
     return front
@@ -431,14 +388,7 @@ def data_prepare(
     if task is not None:
         cfg = cfg.updated({"data.task": task})
     path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
-    _print_info(path, describe(MultiGraderSet.load(path)))
-
-
-def _print_info(path: Path, info: dict) -> None:
-    table = Table(title=str(path), show_header=False)
-    for key, value in info.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    console.print(table)
+    console.print(info_table(path, describe(MultiGraderSet.load(path))))
 
 
 @data_app.command("info")
@@ -448,7 +398,7 @@ def data_info(cache: Path = typer.Argument(..., help="A cache folder written by 
     from .data.prepare import describe
     from .data.types import MultiGraderSet
 
-    _print_info(cache, describe(MultiGraderSet.load(cache)))
+    console.print(info_table(cache, describe(MultiGraderSet.load(cache))))
 
 
 @data_app.command("show")

@@ -13,7 +13,6 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

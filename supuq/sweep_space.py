@@ -188,3 +188,24 @@ def default_space_path(dataset: str) -> Path:
         if candidate.is_file():
             return candidate
     raise ConfigError(f"no search space for dataset {dataset!r} (looked for sweep/{name}.yaml)")
+
+
+def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
+    """Search-space fields for `supuq sweep --objective ged|ncc|both`.
+
+    `ged` (min) and `ncc` (max) are single-objective TPE, with the space file's scheduler (ASHA on that metric).
+    `both` is Optuna's multi-objective TPE over val/ged (min) and val/ncc (max) and turns ASHA off: ASHA ranks
+    trials by one metric, so it would stop the trials of the front's high-NCC end for their GED, and a stopped
+    trial's last values come from fewer epochs than a finished one's, so they cannot be compared on the front.
+    Every trial then runs all epochs. Where NCC is NaN (no validation image with a non-constant map), the
+    searcher alone is told -1, the worst NCC (`tune.NanSafeOptunaSearch`); MLflow keeps the NaN."""
+    if objective == "both":
+        return {
+            "metric": OBJECTIVES["ged"][0], "mode": OBJECTIVES["ged"][1],
+            "objectives": [{"metric": m, "mode": d} for m, d in (OBJECTIVES["ged"], OBJECTIVES["ncc"])],
+            "scheduler": {**space.scheduler.model_dump(mode="json"), "type": "none"},
+        }
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be ged, ncc or both, got {objective!r}")
+    metric, mode = OBJECTIVES[objective]
+    return {"metric": metric, "mode": mode, "objectives": None}

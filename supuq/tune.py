@@ -6,6 +6,9 @@ reporter that logs to MLflow and calls `tune.report(metrics, checkpoint=...)`.
 
 Sweep folder `<storage>/<name>/` holds Ray's experiment state, `supuq_sweep.json` (parent run id, tracking
 URI, base config, space: what `--resume` needs) and `best.yaml` at the end.
+
+Storage paths (local or s3://) are `supuq.sweep_storage`; the progress bar, trial summaries, the child runs'
+final status and the best trial are `supuq.sweep_results`.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from .config import Config, default_config_path, dump_config, load_config, validate_config
 from .errors import ConfigError, SupuqError
-from .sweep_space import SweepSpace, default_space_path, load_space
+from .sweep_results import TRIAL_TAG, TrialProgress, finalize_child_runs, pick_best, summarize_trials
+from .sweep_space import SweepSpace, default_space_path, load_space, objective_changes
+from .sweep_storage import filesystem_and_path, read_text, storage_filesystem, storage_root, write_text
 
 STATE_FILE = "supuq_sweep.json"
-TRIAL_TAG = "supuq.trial_id"
 
 
 @dataclass
@@ -47,7 +50,7 @@ class SweepOptions:
     tracking_uri: str | None = None
     name: str | None = None
     resume: str | None = None
-    objective: str | None = None  # ged | ncc | both (None: the space file's metric); see `objective_changes`
+    objective: str | None = None  # ged | ncc | both (None: the space file's metric); see objective_changes
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -134,61 +137,6 @@ def _reachable_data(cfg: Config) -> Config:
 # ------------------------------------------------------------------------------------------------- driver
 
 
-class TrialProgress(Callback):
-    """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
-    driver-side callback hooks; replaces Tune's verbose tables."""
-
-    def __init__(self, total: int, metric: str, mode: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        super().__init__()
-        self.metric, self.sign, self.best = metric, (1 if mode == "min" else -1), None
-        self.running: set[str] = set()
-        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.fields[info]}"))
-        self._task = self._bar.add_task("trials", total=total, info="")
-
-    def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
-        return {k: v for k, v in self.__dict__.items() if k not in ("_bar", "_task")}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._bar = self._task = None
-
-    def __enter__(self):
-        self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._bar.__exit__(*exc)
-
-    def _show(self, advance: int = 0) -> None:
-        if self._bar is None:
-            return
-        best = "-" if self.best is None else f"{self.best:.4f}"
-        self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
-        self._show()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and value == value:
-            if self.best is None or self.sign * value < self.sign * self.best:
-                self.best = float(value)
-        self._show()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
-
-
-
 def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     """Load and validate the config and search space (before Ray starts), with CLI overrides applied."""
     from .config import DATASETS
@@ -221,29 +169,6 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     for point in space.first_points(cfg):
         cfg.updated(point)
     return cfg, space
-
-
-def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
-    """Search-space fields for `supuq sweep --objective ged|ncc|both`.
-
-    `ged` (min) and `ncc` (max) are single-objective TPE, with the space file's scheduler (ASHA on that metric).
-    `both` is Optuna's multi-objective TPE over val/ged (min) and val/ncc (max) and turns ASHA off: ASHA ranks
-    trials by one metric, so it would stop the trials of the front's high-NCC end for their GED, and a stopped
-    trial's last values come from fewer epochs than a finished one's, so they cannot be compared on the front.
-    Every trial then runs all epochs. Where NCC is NaN (no validation image with a non-constant map), the
-    searcher alone is told -1, the worst NCC (`NanSafeOptunaSearch`); MLflow keeps the NaN."""
-    from .sweep_space import OBJECTIVES
-
-    if objective == "both":
-        return {
-            "metric": OBJECTIVES["ged"][0], "mode": OBJECTIVES["ged"][1],
-            "objectives": [{"metric": m, "mode": d} for m, d in (OBJECTIVES["ged"], OBJECTIVES["ncc"])],
-            "scheduler": {**space.scheduler.model_dump(mode="json"), "type": "none"},
-        }
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective must be ged, ncc or both, got {objective!r}")
-    metric, mode = OBJECTIVES[objective]
-    return {"metric": metric, "mode": mode, "objectives": None}
 
 
 NCC_WORST = -1.0
@@ -334,55 +259,6 @@ def check_resources(space: SweepSpace) -> None:
         raise SupuqError(f"each trial asks for {need.cpu:g} CPU but the Ray cluster has {have.get('CPU', 0):g}")
 
 
-def storage_root(storage: str | None) -> str:
-    """Default `ray_results/` under the working directory (absolute: Ray requires it)."""
-    if storage is None:
-        return str((Path.cwd() / "ray_results").resolve())
-    if "://" in storage:
-        return storage.rstrip("/")
-    return str(Path(storage).expanduser().resolve())
-
-
-def _fs(path: str):
-    """A pyarrow filesystem and path inside it for a local path or an s3:// URI (endpoint from env)."""
-    import pyarrow.fs
-
-    if "://" not in path:
-        return pyarrow.fs.LocalFileSystem(), path
-    if path.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        fs = pyarrow.fs.S3FileSystem(
-            endpoint_override=os.environ["AWS_ENDPOINT_URL"], region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
-        )
-        return fs, path[len("s3://") :]
-    return pyarrow.fs.FileSystem.from_uri(path)
-
-
-def storage_filesystem(storage: str):
-    """The filesystem Ray should use: explicit for s3:// with AWS_ENDPOINT_URL (S3-compatible servers)."""
-    if storage.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        return _fs(storage)[0]
-    return None
-
-
-def write_text(root: str, relative: str, text: str) -> None:
-    fs, base = _fs(root)
-    path = f"{base}/{relative}"
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(text.encode())
-
-
-def read_text(root: str, relative: str) -> str | None:
-    import pyarrow
-
-    fs, base = _fs(root)
-    try:
-        with fs.open_input_stream(f"{base}/{relative}") as stream:
-            return stream.read().decode()
-    except (FileNotFoundError, OSError, pyarrow.ArrowException):
-        return None
-
-
 def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
     from ray import tune
@@ -451,7 +327,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         )
         fs = storage_filesystem(root)
         # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
-        ray_root = _fs(root)[1] if fs is not None else root
+        ray_root = filesystem_and_path(root)[1] if fs is not None else root
         progress = TrialProgress(space.num_samples, space.metric, space.mode) if console is not None else None
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
@@ -519,77 +395,3 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             ray.shutdown()
     return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,
                         time.perf_counter() - started)
-
-
-def summarize_trials(grid, space: SweepSpace, max_epochs: int) -> list[dict[str, Any]]:
-    """One dict per trial: id, status (TERMINATED/ERROR/...), params, last metrics, epochs reached, node."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        config = result.config or {}
-        trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
-        rows.append({
-            "trial_id": trial_id,
-            "status": "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING"),
-            "error": str(result.error).splitlines()[0] if result.error else None,
-            "params": {k: config[k] for k in space.space if k in config},
-            "metrics": {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float))},
-            "epochs": int(metrics.get("epoch", 0)),
-            "node_ip": metrics.get("node_ip"),
-            "node_id": metrics.get("node_id"),
-            "path": result.path,
-        })
-    return rows
-
-
-def _trial_id_from_path(path: str | None) -> str:
-    return Path(path).name.split("_")[1] if path and "_" in Path(path).name else ""
-
-
-def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
-    """Give every child run the status its trial really ended with, whatever the trial process managed to
-    write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
-    saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
-    KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
-    from . import tracking
-
-    by_trial = {t["trial_id"]: t for t in trials}
-    stopped = 0
-    for run in tracking.child_runs(uri, parent_id):
-        trial = by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
-        if trial is None:
-            # A trial that had started when the driver died but was not yet in Tune's saved experiment state:
-            # the restored sweep re-ran that search slot under a new trial id, so this run is a stray copy.
-            tracking.archive_run(uri, run.info.run_id, "trial lost with the interrupted driver; re-run after resume")
-            continue
-        trial["run_id"] = run.info.run_id
-        status, reason = _final_status(trial, max_epochs, complete)
-        stopped += reason.startswith("stopped early")
-        if run.info.status != status or reason:
-            tracking.end_run(uri, run.info.run_id, status, {"supuq.stop_reason": reason} if reason else None)
-    return stopped
-
-
-def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str]:
-    if trial["status"] == "ERROR":
-        return "FAILED", trial["error"] or "error"
-    if trial["status"] == "TERMINATED":
-        if trial["epochs"] >= max_epochs:
-            return "FINISHED", ""
-        return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
-    return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
-
-
-def pick_best(trials: list[dict], space: SweepSpace, max_epochs: int) -> dict | None:
-    """The trial with the best last value of the space's metric among trials that ran all `max_epochs`
-    (an ASHA-stopped trial's early value is not comparable with a full run's), falling back to every
-    trial when none finished. NaN values never win."""
-    import math
-
-    scored = [t for t in trials if space.metric in t["metrics"] and not math.isnan(t["metrics"][space.metric])]
-    full = [t for t in scored if t["epochs"] >= max_epochs]
-    pool = full or scored
-    if not pool:
-        return None
-    sign = 1 if space.mode == "min" else -1
-    return min(pool, key=lambda t: sign * t["metrics"][space.metric])

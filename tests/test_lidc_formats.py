@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supuq.data.lidc_files import load_lidc_pickle, load_lidc_png
+from supuq.data.lidc_release import load_lidc_pickle, load_lidc_png
 from supuq.data.prepare import default_cache_dir, prepare
 from supuq.data.splits import split_indices
 from supuq.data.types import MultiGraderSet

@@ -7,10 +7,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
-import pytest
 from typer.testing import CliRunner
 
 from supuq import tracking

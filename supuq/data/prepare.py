@@ -71,7 +71,7 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
     if root is None:
         raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
     if dataset == "lidc-pickle":  # a file (data_lidc.pickle) or the folder holding it
-        from .lidc_files import load_lidc_pickle
+        from .lidc_release import load_lidc_pickle
 
         return load_lidc_pickle(root)
     if not Path(root).is_dir():
@@ -81,7 +81,7 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
 
         return load_toolbox(root, crop=cfg.crop)
     if dataset == "lidc-png":
-        from .lidc_files import load_lidc_png
+        from .lidc_release import load_lidc_png
 
         return load_lidc_png(root, crop=cfg.crop)
     if dataset == "qubiq":

@@ -1,0 +1,146 @@
+"""A sweep's trials as they end: the live progress bar over trials (`TrialProgress`, a Tune callback), one
+summary dict per trial from Tune's result grid, the final status of each trial's MLflow child run, and the
+best trial.
+
+Driver-side only (the trials themselves run `tune.trial_main`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from .sweep_space import SweepSpace
+
+TRIAL_TAG = "supuq.trial_id"
+"""The child-run tag naming its Ray trial: how a resumed trial finds its run, and the driver its trials' runs."""
+
+
+class TrialProgress(Callback):
+    """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
+    driver-side callback hooks; replaces Tune's verbose tables."""
+
+    def __init__(self, total: int, metric: str, mode: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        super().__init__()
+        self.metric, self.sign, self.best = metric, (1 if mode == "min" else -1), None
+        self.running: set[str] = set()
+        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.fields[info]}"))
+        self._task = self._bar.add_task("trials", total=total, info="")
+
+    def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
+        return {k: v for k, v in self.__dict__.items() if k not in ("_bar", "_task")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._bar = self._task = None
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._bar.__exit__(*exc)
+
+    def _show(self, advance: int = 0) -> None:
+        if self._bar is None:
+            return
+        best = "-" if self.best is None else f"{self.best:.4f}"
+        self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running.add(trial.trial_id)
+        self._show()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and value == value:
+            if self.best is None or self.sign * value < self.sign * self.best:
+                self.best = float(value)
+        self._show()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self._show(advance=1)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.discard(trial.trial_id)
+        self._show(advance=1)
+
+
+def summarize_trials(grid, space: SweepSpace, max_epochs: int) -> list[dict[str, Any]]:
+    """One dict per trial: id, status (TERMINATED/ERROR/...), params, last metrics, epochs reached, node."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        config = result.config or {}
+        trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
+        rows.append({
+            "trial_id": trial_id,
+            "status": "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING"),
+            "error": str(result.error).splitlines()[0] if result.error else None,
+            "params": {k: config[k] for k in space.space if k in config},
+            "metrics": {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float))},
+            "epochs": int(metrics.get("epoch", 0)),
+            "node_ip": metrics.get("node_ip"),
+            "node_id": metrics.get("node_id"),
+            "path": result.path,
+        })
+    return rows
+
+
+def _trial_id_from_path(path: str | None) -> str:
+    return Path(path).name.split("_")[1] if path and "_" in Path(path).name else ""
+
+
+def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
+    """Give every child run the status its trial really ended with, whatever the trial process managed to
+    write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
+    saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
+    KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
+    from . import tracking
+
+    by_trial = {t["trial_id"]: t for t in trials}
+    stopped = 0
+    for run in tracking.child_runs(uri, parent_id):
+        trial = by_trial.get(run.data.tags.get(TRIAL_TAG, ""))
+        if trial is None:
+            # A trial that had started when the driver died but was not yet in Tune's saved experiment state:
+            # the restored sweep re-ran that search slot under a new trial id, so this run is a stray copy.
+            tracking.archive_run(uri, run.info.run_id, "trial lost with the interrupted driver; re-run after resume")
+            continue
+        trial["run_id"] = run.info.run_id
+        status, reason = _final_status(trial, max_epochs, complete)
+        stopped += reason.startswith("stopped early")
+        if run.info.status != status or reason:
+            tracking.end_run(uri, run.info.run_id, status, {"supuq.stop_reason": reason} if reason else None)
+    return stopped
+
+
+def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str]:
+    if trial["status"] == "ERROR":
+        return "FAILED", trial["error"] or "error"
+    if trial["status"] == "TERMINATED":
+        if trial["epochs"] >= max_epochs:
+            return "FINISHED", ""
+        return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
+    return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
+
+
+def pick_best(trials: list[dict], space: SweepSpace, max_epochs: int) -> dict | None:
+    """The trial with the best last value of the space's metric among trials that ran all `max_epochs`
+    (an ASHA-stopped trial's early value is not comparable with a full run's), falling back to every
+    trial when none finished. NaN values never win."""
+    import math
+
+    scored = [t for t in trials if space.metric in t["metrics"] and not math.isnan(t["metrics"][space.metric])]
+    full = [t for t in scored if t["epochs"] >= max_epochs]
+    pool = full or scored
+    if not pool:
+        return None
+    sign = 1 if space.mode == "min" else -1
+    return min(pool, key=lambda t: sign * t["metrics"][space.metric])

@@ -1,0 +1,61 @@
+"""Where a sweep keeps its files: the Ray storage root (a local folder or s3://bucket/prefix) and small text
+files in it (`supuq_sweep.json`, `best.yaml`), read and written through pyarrow so S3 works as local paths do.
+
+For s3:// with $AWS_ENDPOINT_URL (an S3-compatible server) the filesystem is built explicitly with that
+endpoint; Ray then needs the same filesystem and the path inside it (`storage_filesystem`,
+`filesystem_and_path`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def storage_root(storage: str | None) -> str:
+    """Default `ray_results/` under the working directory (absolute: Ray requires it)."""
+    if storage is None:
+        return str((Path.cwd() / "ray_results").resolve())
+    if "://" in storage:
+        return storage.rstrip("/")
+    return str(Path(storage).expanduser().resolve())
+
+
+def filesystem_and_path(path: str):
+    """A pyarrow filesystem and path inside it for a local path or an s3:// URI (endpoint from env)."""
+    import pyarrow.fs
+
+    if "://" not in path:
+        return pyarrow.fs.LocalFileSystem(), path
+    if path.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        fs = pyarrow.fs.S3FileSystem(
+            endpoint_override=os.environ["AWS_ENDPOINT_URL"], region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        )
+        return fs, path[len("s3://") :]
+    return pyarrow.fs.FileSystem.from_uri(path)
+
+
+def storage_filesystem(storage: str):
+    """The filesystem Ray should use: explicit for s3:// with AWS_ENDPOINT_URL (S3-compatible servers)."""
+    if storage.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        return filesystem_and_path(storage)[0]
+    return None
+
+
+def write_text(root: str, relative: str, text: str) -> None:
+    fs, base = filesystem_and_path(root)
+    path = f"{base}/{relative}"
+    fs.create_dir(os.path.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def read_text(root: str, relative: str) -> str | None:
+    import pyarrow
+
+    fs, base = filesystem_and_path(root)
+    try:
+        with fs.open_input_stream(f"{base}/{relative}") as stream:
+            return stream.read().decode()
+    except (FileNotFoundError, OSError, pyarrow.ArrowException):
+        return None
