@@ -2,9 +2,11 @@
 feature map, latent part once per sample) vs `Fcomb.forward_tiled` (z tiled over H x W and concatenated, every
 conv on all M*K full maps), inside `ProbUNet.sample` under torch.no_grad, M=5 weight x K=10 latent samples.
 
-Cases: 256 test images at 64x64 with configs/synthetic.yaml's model (eval batches of 32), and 32 images at
+Cases: 256 test images at 64x64 with configs/synthetic.yaml's model (eval batches of 32), and 8 images at
 128x128 with the paper's model (filters 32-64-128-192; batches of 8, as 50 tiled maps of 38 channels at 128x128
-take ~1 GB per batch image group). Also the earlier conv2d form of the split (bench/benchlib/reference.py).
+take ~1 GB per batch image group). Also what `ProbUNet.sample` was before (bench/benchlib/reference.py): the conv2d
+form of the split with all B*M*K maps decoded in one call, and the current matmul form without the CPU pieces
+(`_CPU_PIECE_ELEMENTS`), to separate the two changes.
 
 Usage: python bench/sample.py [--quick] [--no-record]
 """
@@ -22,6 +24,7 @@ import benchlib
 from benchlib.reference import fcomb_forward_conv2d
 from supuq.config import ModelConfig, load_config
 from supuq.models import ProbUNet
+from supuq.models import prob_unet
 
 ROOT = Path(__file__).resolve().parent.parent
 M, K = 5, 10
@@ -32,6 +35,20 @@ def draw_all(model, images, batch):
     with torch.no_grad():
         for start in range(0, images.shape[0], batch):
             model.sample(images[start : start + batch], weight_samples=M, latent_samples=K)
+
+
+def unchunked(fn):
+    """Run fn with every map decoded in one fcomb call (as before the CPU pieces)."""
+
+    def run():
+        old = prob_unet._CPU_PIECE_ELEMENTS
+        prob_unet._CPU_PIECE_ELEMENTS = 2**62
+        try:
+            fn()
+        finally:
+            prob_unet._CPU_PIECE_ELEMENTS = old
+
+    return run
 
 
 def variant(model, forward):
@@ -59,12 +76,13 @@ def bench_case(name, model_cfg, n, size, batch, reps):
         b = tiled.sample(x, M, K)
     err = float((a - b).abs().max())
     contenders = {
-        "split, channel-first matmul (supuq)": lambda: draw_all(model, images, batch),
-        "tiled + concat (forward_tiled)": lambda: draw_all(tiled, images, batch),
-        "split, conv2d (before)": lambda: draw_all(before, images, batch),
+        "split, channel-first matmul, in pieces (supuq)": lambda: draw_all(model, images, batch),
+        "tiled + concat (forward_tiled), in pieces": lambda: draw_all(tiled, images, batch),
+        "split, matmul, one call": unchunked(lambda: draw_all(model, images, batch)),
+        "split, conv2d, one call (before)": unchunked(lambda: draw_all(before, images, batch)),
     }
     times = benchlib.interleaved(contenders, reps=reps, warmup=1)
-    ours = times["split, channel-first matmul (supuq)"]
+    ours = times["split, channel-first matmul, in pieces (supuq)"]
     rows = []
     for key, t in times.items():
         rows.append((name, key, n, benchlib.median(t), n * M * K / benchlib.median(t),
@@ -81,7 +99,7 @@ def main(argv=None) -> int:
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
     cases = [
         ("64x64 synthetic model", syn.model, 64 if args.quick else 256, 64, 32, 3),
-        ("128x128 paper model", ModelConfig(), 8 if args.quick else 32, 128, 8, 3),
+        ("128x128 paper model", ModelConfig(), 8, 128, 8, 3 if args.quick else 5),
     ]
     rows, errs = [], []
     for case in cases:
@@ -91,7 +109,8 @@ def main(argv=None) -> int:
         print(benchlib.table(["case", "fcomb", "images", "s", "samples/s", "time / supuq"], case_rows), flush=True)
     body = (
         f"Sampling M={M} x K={K} = 50 logit maps per image with ProbUNet.sample under no_grad, batch by batch; "
-        "interleaved, medians of 3 rounds; 'time / supuq' is the median per-round ratio (> 1: slower than supuq).\n\n"
+        "interleaved, medians of 3 (128x128: 5) rounds; 'time / supuq' is the median per-round ratio (> 1: slower "
+        "than supuq). 'in pieces': on the CPU, fcomb decodes a few feature maps per call (~8 MB activations).\n\n"
         + benchlib.table(["case", "fcomb", "images", "s", "samples/s", "time / supuq"], rows)
         + "\n\nmax |logits(split) - logits(tiled)| with the same random draws: " + "; ".join(errs)
     )

@@ -90,27 +90,25 @@ def _check_sets(samples: Tensor, annotations: Tensor) -> None:
         )
 
 
-def _as_bytes(masks: Tensor) -> Tensor:
-    """{0,1} masks as uint8 (a free view of a bool tensor): torch reduces and casts uint8 several times faster than
-    bool on CPU (`any` over a dim, bool -> float copies)."""
-    masks = _as_bool(masks)
-    return masks.view(torch.uint8) if masks.is_contiguous() else masks.to(torch.uint8)
+def _as_units(masks: Tensor) -> Tensor:
+    """{0,1} masks [n,k,P] as a contiguous tensor of 8-pixel units (int64 words, a free view of bool memory), or of
+    single pixels (uint8) when P or the memory offset does not allow words. Reductions and gathers then move 8
+    pixels per element."""
+    masks = _as_bool(masks).contiguous()
+    if masks.shape[-1] % 8 == 0 and masks.storage_offset() % 8 == 0:
+        try:
+            return masks.view(torch.int64)
+        except RuntimeError:
+            pass
+    return masks.view(torch.uint8)
 
 
-def _union(s_part: Tensor, y_part: Tensor) -> Tensor:
-    """Per image, the pixels where any of its masks is foreground: [n,S,P], [n,D,P] uint8 -> bool [n,P]."""
-    parts = [m.amax(dim=1) for m in (s_part, y_part) if m.shape[1] > 0]
-    if not parts:
-        return torch.zeros(s_part.shape[0], s_part.shape[2], dtype=torch.bool, device=s_part.device)
-    return (parts[0] | parts[1] if len(parts) == 2 else parts[0]).bool()
-
-
-def _similar_runs(widths: list[int], chunk: int) -> list[tuple[int, int]]:
-    """Split ascending `widths` into runs of at most `chunk` whose widest is at most 1.25 x its narrowest + 64,
+def _similar_runs(widths: list[int], chunk: int, slack: int = 64) -> list[tuple[int, int]]:
+    """Split ascending `widths` into runs of at most `chunk` whose widest is at most 1.25 x its narrowest + `slack`,
     so that padding every image of a run to its widest wastes little (a few outliers get small runs of their own)."""
     runs, start = [], 0
     for i in range(1, len(widths) + 1):
-        if i == len(widths) or i - start == chunk or widths[i] > 1.25 * widths[start] + 64:
+        if i == len(widths) or i - start == chunk or widths[i] > 1.25 * widths[start] + slack:
             runs.append((start, i))
             start = i
     return runs
@@ -119,15 +117,16 @@ def _similar_runs(widths: list[int], chunk: int) -> list[tuple[int, int]]:
 def ged_terms(samples: Tensor, annotations: Tensor, chunk: int = 32) -> GedTerms:
     """GED and its terms per image, computed from one Gram matrix per chunk of images.
 
-    samples: bool [N,S,H,W]; annotations: bool [N,D,H,W] (numeric {0,1} accepted; nonzero is foreground).
-    chunk: images per batched matmul; extra memory is at most about chunk * (S+D) * H*W * 6 bytes (a byte copy and a
-    float32 buffer of the chunk), whatever N is.
+    samples: bool [N,S,H,W]; annotations: bool [N,D,H,W] (numeric {0,1} accepted, converted to bool once; nonzero
+    is foreground). chunk: images per batched matmul. Extra memory: at most about chunk * (S+D) * H*W * 5 bytes
+    (gathered pixels and their float32 copy) plus N * H*W / 8 bytes for the images' unions, whatever N is.
     Returns a `GedTerms` of float64 [N] tensors on the inputs' device.
 
     A pixel outside all S+D masks of an image adds nothing to any of that image's intersections or mask sizes, so
     each image's masks are compacted to the pixels of their union before the matmul (exact for any input; on
-    lesion data the union is a few percent of the image). Images are taken in order of union size so that the
-    images of a chunk pad little; the results are put back in input order.
+    lesion data the union is a few percent of the image). The compaction works on 8-pixel words (a word is kept
+    when any of its pixels is in the union), so gathers move 8 pixels at a time. Images are taken in order of
+    union size so that the images of a chunk pad little; the results are put back in input order.
     """
     _check_sets(samples, annotations)
     if chunk < 1:
@@ -137,40 +136,49 @@ def ged_terms(samples: Tensor, annotations: Tensor, chunk: int = 32) -> GedTerms
     pixels = samples.shape[2] * samples.shape[3]
     dtype = _count_dtype(pixels)
     device = samples.device
-    # Pass 1: union size per image (chunk by chunk, so memory stays bounded).
-    counts = torch.cat(
-        [
-            _union(_as_bytes(samples[i : i + chunk]).flatten(2), _as_bytes(annotations[i : i + chunk]).flatten(2)).sum(1)
-            for i in range(0, n, chunk)
-        ]
-        or [torch.zeros(0, dtype=torch.int64, device=device)]
-    )
+    s_units = _as_units(samples.flatten(2))  # [N,S,U]
+    y_units = _as_units(annotations.flatten(2))  # [N,D,U]
+    if s_units.dtype != y_units.dtype:  # one of them could not be viewed as words: use bytes for both
+        s_units, y_units = s_units.view(torch.uint8), y_units.view(torch.uint8)
+    per_unit = s_units.element_size()  # pixels per unit
+    units = pixels // per_unit
+    # Pass 1, chunk by chunk: which units of each image are in the union of its S+D masks.
+    union = torch.empty(n, units, dtype=torch.bool, device=device)
+    for i in range(0, n, chunk):
+        # Max over the masks of each pixel's byte (uint8 reductions are fast), then "any pixel of the unit".
+        u = torch.zeros(min(chunk, n - i), pixels, dtype=torch.uint8, device=device)
+        for part in (s_units[i : i + chunk], y_units[i : i + chunk]):
+            if part.shape[1]:
+                torch.maximum(u, part.view(torch.uint8).amax(dim=1), out=u)
+        union[i : i + chunk] = u.view(s_units.dtype) != 0
+    counts = union.sum(dim=1)
     order = torch.argsort(counts, stable=True)
     widths = counts[order].tolist()  # one host sync for all chunks
     terms = torch.zeros(n, 3, dtype=torch.float64, device=device)
-    # Pass 2: chunks of at most `chunk` images of similar union size, each padded to its widest.
-    for start, stop in _similar_runs(widths, chunk):
+    s_flat, y_flat = s_units.reshape(-1), y_units.reshape(-1)
+    # Pass 2: runs of at most `chunk` images of similar union size, each padded to its widest.
+    for start, stop in _similar_runs(widths, chunk, slack=max(1, 64 // per_unit)):
         width = widths[stop - 1]
         if width == 0:
             continue  # every mask of these images is empty: all their distances are 0
         images = order[start:stop]
-        s_part = _as_bytes(samples.index_select(0, images)).flatten(2)  # [c,S,P]
-        y_part = _as_bytes(annotations.index_select(0, images)).flatten(2)  # [c,D,P]
-        if 2 * width <= pixels:
-            # Keep `width` pixels per image: its union, then the first pixels outside it as padding (0 in every mask
-            # of that image, so they add 0 to every count). nonzero() lists them in pixel order, row by row.
-            union = _union(s_part, y_part)
-            outside = ~union
-            pad = (width - union.sum(1, keepdim=True)).to(torch.int32)
-            keep = union | (outside & (outside.to(torch.int32).cumsum(1) <= pad))
-            pix = keep.nonzero()[:, 1].view(len(images), 1, width)
-            s_part = torch.gather(s_part, 2, pix.expand(-1, s, -1))
-            y_part = torch.gather(y_part, 2, pix.expand(-1, d, -1))
+        # Keep `width` units per image: its union, then the first units outside it as padding (0 in every mask of
+        # that image, so they add 0 to every count). nonzero() lists them in order, row by row.
+        inside = union.index_select(0, images)
+        outside = ~inside
+        pad = (width - inside.sum(1, keepdim=True)).to(torch.int32)
+        keep = inside | (outside & (outside.to(torch.int32).cumsum(1) <= pad))
+        pos = keep.nonzero()[:, 1].view(len(images), 1, width)
+        # Gather straight from the inputs (no copy of whole images): flat index (image * k + mask) * U + unit.
+        parts = []
+        for flat, k in ((s_flat, s), (y_flat, d)):
+            rows = (images[:, None, None] * k + torch.arange(k, device=device)[None, :, None]) * units
+            parts.append(flat.take(rows + pos).view(torch.uint8))  # [c,k,width*per_unit] pixel bytes
         # Stack samples and annotations so that one bmm gives all S+D by S+D intersections: the SS, SY and YY
         # blocks are read off the same Gram matrix. copy_ casts the bytes straight into the one float buffer.
-        x = torch.empty(len(images), s + d, s_part.shape[2], dtype=dtype, device=device)
-        x[:, :s].copy_(s_part)
-        x[:, s:].copy_(y_part)
+        x = torch.empty(len(images), s + d, width * per_unit, dtype=dtype, device=device)
+        x[:, :s].copy_(parts[0])
+        x[:, s:].copy_(parts[1])
         gram = _exact_matmul(x, x)
         sizes = torch.diagonal(gram, dim1=1, dim2=2)  # |x_i & x_i| = |x_i|
         dist = _distances_from_gram(gram, sizes, sizes)  # [c,S+D,S+D]

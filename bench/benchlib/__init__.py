@@ -32,6 +32,8 @@ def machine() -> str:
     for var in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_"):
         if os.environ.get(var):
             parts.append(f"{var}={os.environ[var]}")
+    if THREADS_NOTE[0]:
+        parts.append(THREADS_NOTE[0])
     try:
         parts.append(f"load avg {os.getloadavg()[0]:.2f}")
     except OSError:
@@ -43,14 +45,28 @@ def machine() -> str:
 
 def add_common_args(parser) -> None:
     """--threads and --no-record, shared by every script."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's, i.e. the cores); 1 is steadier on a busy machine")
+    parser.add_argument("--threads", default="auto",
+                        help="torch threads: a number, or auto (default): all cores, but 1 when other processes "
+                             "already keep more than half a core busy (two OpenMP threads then wait on each other "
+                             "and a step can take 5-10x longer)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
 
 
+THREADS_NOTE = [""]
+
+
 def apply_common_args(args) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads == "auto":
+        others = busy_fraction(1.0) * (os.cpu_count() or 1)
+        if others > 0.5 and (os.cpu_count() or 1) <= 4:
+            torch.set_num_threads(1)
+            THREADS_NOTE[0] = f"threads auto -> 1 (other processes used {others:.1f} cores at the start)"
+        else:
+            THREADS_NOTE[0] = f"threads auto -> {torch.get_num_threads()} (machine idle at the start)"
+    else:
+        torch.set_num_threads(int(args.threads))
+        THREADS_NOTE[0] = f"threads {args.threads} (given)"
+    print(THREADS_NOTE[0], flush=True)
 
 
 def sync(device: torch.device | str | None = None) -> None:
@@ -68,7 +84,7 @@ def _cpu_times() -> tuple[int, int] | None:
     return idle, sum(fields)
 
 
-_WAIT_BUDGET = [float(os.environ.get("BENCH_WAIT_BUDGET", "60"))]
+_WAIT_BUDGET = [float(os.environ.get("BENCH_WAIT_BUDGET", "20"))]
 
 
 def wait_for_quiet(max_wait: float = 5.0, window: float = 0.25, idle_needed: float = 0.8) -> float:
@@ -76,9 +92,10 @@ def wait_for_quiet(max_wait: float = 5.0, window: float = 0.25, idle_needed: flo
 
     On a shared 2-core machine another job's process makes torch's 2 OpenMP threads wait for each other and a
     step can take several times longer; waiting for a quiet moment before each timed call removes most of that
-    noise. The waits of a whole run share a budget (BENCH_WAIT_BUDGET seconds, default 60): on a machine that is
-    never quiet the script stops waiting rather than taking forever. Returns the seconds waited."""
-    if _WAIT_BUDGET[0] <= 0:
+    noise. The waits of a whole run share a budget (BENCH_WAIT_BUDGET seconds, default 20): on a machine that is
+    never quiet the script stops waiting rather than taking forever. With one torch thread there is nothing to
+    wait for (no thread waits on another) and it returns at once. Returns the seconds waited."""
+    if _WAIT_BUDGET[0] <= 0 or torch.get_num_threads() == 1:
         return 0.0
     start = time.perf_counter()
     while True:
@@ -139,7 +156,7 @@ def paired_ratios(slow: Sequence[float], fast: Sequence[float]) -> list[float]:
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: torch.dtype = torch.float32) -> float:
-    """Achieved GFLOP/s of an n x n x n matmul (2 n^3 flops), median of `reps`: the practical ceiling."""
+    """Achieved GFLOP/s of an n x n x n matmul (2 n^3 flops), best of `reps`: the practical ceiling."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -151,7 +168,7 @@ def matmul_gflops(n: int = 2048, reps: int = 5, device: str = "cpu", dtype: torc
         a @ b
         sync(device)
         out.append(time.perf_counter() - t0)
-    return 2 * n**3 / median(out) / 1e9
+    return 2 * n**3 / min(out) / 1e9
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
