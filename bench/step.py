@@ -195,7 +195,8 @@ def main(argv=None) -> int:
     if before_after:
         body += "\n\nFcomb before/after (same step, conv2d Fcomb.forward vs channel-first matmul):\n\n" + benchlib.table(
             ["case", "B", "speed-up of the step"], before_after)
-    benchlib.report("bench/step.py" + (" --quick" if args.quick else ""), body, record=not args.no_record)
+    flags = (" --quick" if args.quick else "") + (" --mmap-threshold" if args.mmap_threshold else "")
+    benchlib.report("bench/step.py" + flags, body, record=not args.no_record)
     return 0
 
 

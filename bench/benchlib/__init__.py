@@ -29,7 +29,7 @@ def machine() -> str:
         f"torch {torch.__version__}",
         f"threads {torch.get_num_threads()}",
     ]
-    for var in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_"):
+    for var in ("THP_MEM_ALLOC_ENABLE", "OMP_WAIT_POLICY", "MALLOC_MMAP_THRESHOLD_", "BENCH_MMAP_THRESHOLD"):
         if os.environ.get(var):
             parts.append(f"{var}={os.environ[var]}")
     if THREADS_NOTE[0]:
@@ -50,12 +50,34 @@ def add_common_args(parser) -> None:
                              "already keep more than half a core busy (two OpenMP threads then wait on each other "
                              "and a step can take 5-10x longer)")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/RESULTS.md")
+    parser.add_argument("--mmap-threshold", action="store_true",
+                        help="raise glibc's mmap threshold to 1 GiB first (mallopt), so large CPU tensors are reused "
+                             "from the heap instead of fresh, page-faulted mmaps (see README)")
 
 
 THREADS_NOTE = [""]
 
 
+def raise_mmap_threshold(nbytes: int = 2**30) -> bool:
+    """mallopt(M_MMAP_THRESHOLD, nbytes) on glibc: allocations below it come from the heap and freed blocks are
+    reused, instead of each large tensor being a fresh mmap that the kernel page-faults in and unmaps on free.
+    Affects allocations made afterwards; returns False where it is not available (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = bool(libc.mallopt(-3, ctypes.c_int(nbytes)))  # M_MMAP_THRESHOLD = -3
+    except (OSError, AttributeError):
+        return False
+    if ok:
+        os.environ["BENCH_MMAP_THRESHOLD"] = str(nbytes)  # recorded in the header line
+    return ok
+
+
 def apply_common_args(args) -> None:
+    if getattr(args, "mmap_threshold", False) and not raise_mmap_threshold():
+        print("mallopt(M_MMAP_THRESHOLD) not available here; running with the default allocator", flush=True)
     if args.threads == "auto":
         others = busy_fraction(1.0) * (os.cpu_count() or 1)
         if others > 0.5 and (os.cpu_count() or 1) <= 4:
