@@ -6,7 +6,7 @@
    plus the per-grader formulation of bench/step.py in fp32 for the ratio. ms/step, img/s, achieved TFLOP/s
    (FLOPs from FlopCounterMode) against the matmul rate of the same precision.
 3. The 50-sample evaluation (M=5 x K=10) of 2,000 synthetic 128x128 test images with supuq.evaluate (sampling,
-   GED, NCC, calibration), at eval batch 32 and 128; sampling alone for the split.
+   GED, NCC, calibration), at eval batch 32 and 64; sampling alone for the split.
 
 Writes a markdown table to stdout and to $OUT/gpu_results.md when OUT is set (rewritten after every section,
 so a run cut short still leaves what it measured). Without a CUDA device it prints a message and exits 0, unless
@@ -229,7 +229,7 @@ def main(argv=None) -> int:
         backend = None if args.skip_compile else "aot_eager"
     else:
         model_cfg = ModelConfig()  # the paper's: filters 32-64-128-192, 3 convs per block, fcomb 4
-        size, b, reps, warmup, n_eval, batches, mm_n = 128, 32, 10, 3, 2000, (32, 128), 8192
+        size, b, reps, warmup, n_eval, batches, mm_n = 128, 32, 10, 3, 2000, (32, 64), 8192
         backend = None if args.skip_compile else "inductor"
     loss_cfg = LossConfig()
     out_dir = os.environ.get("OUT")
@@ -258,7 +258,8 @@ def main(argv=None) -> int:
         ratio = f"\n\nper-grader / ProbUNet.loss at fp32: {fused['fp32, per-grader loop (bench/step.py)'] / fused['fp32']:.2f}x"
     report.add(
         f"Training step {size}x{size}, batch {b}, D={D} (ProbUNet.loss + backward + Adam; {warmup} warm-up + {reps} "
-        "timed steps after the first call, median):\n\n"
+        "timed steps after the first call, median). fp32 rows: TF32 off for matmuls and cuDNN convolutions; "
+        "'of matmul' compares with the matmul rate of the same precision:\n\n"
         + benchlib.table(["variant", "precision", "ms/step", "img/s", "GFLOP/step", "TFLOP/s", "of matmul"],
                          table_rows)
         + ratio

@@ -190,7 +190,9 @@ def main(argv=None) -> int:
         + "\n\n"
         + benchlib.table(["case", "D", "B", "speed-up", "per-round", "FLOP ratio", "target", ""], summary)
         + f"\n\nPractical ceiling: 2048^3 fp32 matmul {ceiling:.1f} GFLOP/s in the same run "
-        "(GFLOP/step from torch.utils.flop_counter.FlopCounterMode: convolutions and matmuls, forward + backward)."
+        "(GFLOP/step from torch.utils.flop_counter.FlopCounterMode: convolutions and matmuls, forward + backward, "
+        "convolutions counted as direct ones; oneDNN may use cheaper algorithms, so GFLOP/s is an effective rate that "
+        "can exceed the matmul's)."
     )
     if before_after:
         body += "\n\nFcomb before/after (same step, conv2d Fcomb.forward vs channel-first matmul):\n\n" + benchlib.table(

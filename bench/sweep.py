@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -178,6 +179,8 @@ def main(argv=None) -> int:
                 f"run_sweep FAILED: {error}")
     benchlib.report("bench/sweep.py" + (" --quick" if args.quick else " --full" if args.full else ""), body,
                     record=not args.no_record)
+    os.chdir(ROOT)
+    shutil.rmtree(tmp, ignore_errors=True)  # synthetic cache, Ray storage, MLflow stores of this run
     return 0
 
 
