@@ -272,9 +272,9 @@ def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any
         return out
     import ray
 
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    from .tune import connect_ray
+
+    started_here = connect_ray(None)  # the sweep's own start-up: same settings, same one-line errors
     try:
         task = ray.remote(num_cpus=1, max_retries=1)(_train_one)
         pending = {task.remote(*job): i for i, job in enumerate(jobs)}

@@ -101,9 +101,9 @@ def fit(
     split = split_indices(data.groups, cfg.data.fractions, cfg.data.split_seed, cfg.data.split_by)
     device = resolve_device(cfg.train.device)
 
-    train_idx = training_indices(split, cfg)
-    images = torch.as_tensor(np.asarray(data.images[np.sort(train_idx)]), dtype=torch.float32, device=device)
-    masks = torch.as_tensor(np.asarray(data.masks[np.sort(train_idx)]), dtype=torch.float32, device=device)
+    train_idx = np.sort(training_indices(split, cfg))  # ascending rows: sequential reads from the mmap cache
+    images = torch.as_tensor(np.asarray(data.images[train_idx]), dtype=torch.float32, device=device)
+    masks = torch.as_tensor(np.asarray(data.masks[train_idx]), dtype=torch.float32, device=device)
     n_train = images.shape[0]
 
     model = build_model(cfg.model, cfg.loss).to(device)
