@@ -70,7 +70,9 @@ def time_case(label, samples, annotations, loop_images, reps):
     ref = np.array([loop_ged(sn[i], yn[i]) for i in subset])
     vec = ged(samples, annotations).numpy()
     err = float(np.abs(vec[subset] - ref).max())
-    assert torch.equal(ged_dense(samples, annotations), ged(samples, annotations)), "before/after differ"
+    # Same counts; the float64 means may sum in another order (contiguous vs strided blocks): ~1e-16.
+    before_after = float((ged_dense(samples, annotations) - ged(samples, annotations)).abs().max())
+    assert before_after < 1e-12, f"before/after differ by {before_after:.1e}"
 
     def one_thread():
         threads = torch.get_num_threads()

@@ -6,7 +6,7 @@ Cases: 256 test images at 64x64 with configs/synthetic.yaml's model (eval batche
 128x128 with the paper's model (filters 32-64-128-192; batches of 8, as 50 tiled maps of 38 channels at 128x128
 take ~1 GB per batch image group). Also what `ProbUNet.sample` was before (bench/benchlib/reference.py): the conv2d
 form of the split with all B*M*K maps decoded in one call, and the current matmul form without the CPU pieces
-(`_CPU_PIECE_ELEMENTS`), to separate the two changes.
+(`supuq.models.pieces.CPU_PIECE_ELEMENTS`), to separate the two changes.
 
 Usage: python bench/sample.py [--quick] [--no-record]
 """
@@ -24,7 +24,7 @@ import benchlib
 from benchlib.reference import fcomb_forward_conv2d
 from supuq.config import ModelConfig, load_config
 from supuq.models import ProbUNet
-from supuq.models import prob_unet
+from supuq.models import pieces
 
 ROOT = Path(__file__).resolve().parent.parent
 M, K = 5, 10
@@ -38,15 +38,16 @@ def draw_all(model, images, batch):
 
 
 def unchunked(fn):
-    """Run fn with every map decoded in one fcomb call (as before the CPU pieces)."""
+    """Run fn with every map decoded in one fcomb call, and the U-Net on the whole batch (as before the CPU
+    pieces)."""
 
     def run():
-        old = prob_unet._CPU_PIECE_ELEMENTS
-        prob_unet._CPU_PIECE_ELEMENTS = 2**62
+        old = pieces.CPU_PIECE_ELEMENTS
+        pieces.CPU_PIECE_ELEMENTS = 2**62
         try:
             fn()
         finally:
-            prob_unet._CPU_PIECE_ELEMENTS = old
+            pieces.CPU_PIECE_ELEMENTS = old
 
     return run
 

@@ -40,6 +40,7 @@ from benchlib.reference import fcomb_forward_conv2d
 ROOT = Path(__file__).resolve().parent.parent
 D = 4
 BEFORE = "ProbUNet.loss, conv2d fcomb (before)"
+MEMORY_FORMAT = torch.channels_last  # what fit uses on the CPU; --nchw for the other layout
 
 
 def per_grader_loss(model: ProbUNet, x: torch.Tensor, masks: torch.Tensor, n_train: int) -> LossTerms:
@@ -117,7 +118,8 @@ def bench_case(name, model_cfg, loss_cfg, b, size, reps, warmup, before_after=Fa
         specs[BEFORE] = ProbUNet.loss
     models = {}
     for key in specs:
-        models[key] = ProbUNet(model_cfg, loss_cfg)
+        # NHWC weights for every contender, as `fit` trains on the CPU (train.channels_last: auto).
+        models[key] = ProbUNet(model_cfg, loss_cfg).to(memory_format=MEMORY_FORMAT)
         if key != "ProbUNet.loss":
             models[key].load_state_dict(models["ProbUNet.loss"].state_dict())
     if before_after:
@@ -156,8 +158,13 @@ def main(argv=None) -> int:
     benchlib.add_common_args(p)
     p.add_argument("--before-after", action="store_true",
                    help="also time ProbUNet.loss with the earlier conv2d Fcomb.forward (bench/benchlib/reference.py)")
+    p.add_argument("--nchw", action="store_true",
+                   help="contiguous NCHW weights instead of the channels_last that fit uses on the CPU")
     args = p.parse_args(argv)
     benchlib.apply_common_args(args)
+    if args.nchw:
+        global MEMORY_FORMAT
+        MEMORY_FORMAT = torch.contiguous_format
 
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
     paper_model = ModelConfig()  # DESIGN.md section 4: filters 32-64-128-192, 3 convs per block, fcomb 4
@@ -184,7 +191,9 @@ def main(argv=None) -> int:
     body = (
         "Training step (loss + backward + Adam), D=4 graders: ProbUNet.loss vs the authors' per-grader loop "
         "(U-Net D+1 times, prior and posterior D times), both built from supuq modules, timed interleaved; "
-        "times are medians, the speed-up is the median of per-round ratios.\n\n"
+        "times are medians, the speed-up is the median of per-round ratios. Weights "
+        + ("NCHW (--nchw)" if args.nchw else "channels_last, as fit trains on the CPU")
+        + "; large batches of the U-Net and latent nets run in cache-sized pieces (supuq/models/pieces.py).\n\n"
         + benchlib.table(["case", "formulation", "B", "warm+timed", "s/step", "img/s", "GFLOP/step", "GFLOP/s",
                           "loss"], rows)
         + "\n\n"
@@ -198,6 +207,7 @@ def main(argv=None) -> int:
         body += "\n\nFcomb before/after (same step, conv2d Fcomb.forward vs channel-first matmul):\n\n" + benchlib.table(
             ["case", "B", "speed-up of the step"], before_after)
     flags = (" --quick" if args.quick else "") + (" --mmap-threshold" if args.mmap_threshold else "")
+    flags += " --nchw" if args.nchw else ""
     benchlib.report("bench/step.py" + flags, body, record=not args.no_record)
     return 0
 

@@ -107,7 +107,10 @@ def fit(
     n_train = images.shape[0]
 
     model = build_model(cfg.model, cfg.loss).to(device)
-    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    channels_last = cfg.train.channels_last
+    if channels_last == "auto":
+        channels_last = device.type == "cpu"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     augment = Augmenter(cfg.train.augment)

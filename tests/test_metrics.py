@@ -101,6 +101,24 @@ def test_ged_matches_double_loop_on_random_masks():
         assert div[i].item() == pytest.approx(ref[2], abs=1e-6)
 
 
+@pytest.mark.parametrize("int8_counts", [True, False])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (8, 8), (17, 9)])
+def test_ged_int8_and_float_counts_match_the_loop_on_any_image_size(monkeypatch, int8_counts, size):
+    """Both ways of counting intersections (int8 matmul on the CPU, float elsewhere) on sizes that are and are not
+    multiples of 8 pixels, so the byte/word units and the column padding of the int8 kernel are all exercised."""
+    import supuq.metrics as metrics
+
+    if int8_counts and not metrics._INT8_GRAM_ON_CPU:
+        pytest.skip("torch._int_mm is not available on this CPU build")
+    monkeypatch.setattr(metrics, "_INT8_GRAM_ON_CPU", int8_counts)
+    g = torch.Generator().manual_seed(5)
+    samples = torch.rand(5, 6, *size, generator=g) < 0.4
+    annotations = torch.rand(5, 3, *size, generator=g) < 0.4
+    got = ged(samples, annotations, chunk=2)
+    for i in range(5):
+        assert got[i].item() == pytest.approx(_ged_loop(samples[i], annotations[i])[0], abs=1e-12)
+
+
 def test_ged_chunked_equals_unchunked():
     g = torch.Generator().manual_seed(2)
     samples = _random_masks(g, 7, 5)

@@ -97,3 +97,12 @@ def test_seeds_vary_the_model_not_the_split(tiny_cfg):
     b = fit(tiny_cfg.updated({"train.seed": 2, "train.epochs": 1}))
     assert (a.split.test == b.split.test).all()
     assert a.history[0]["train/total"] != b.history[0]["train/total"]
+
+
+@pytest.mark.parametrize("setting, expect_nhwc", [("auto", True), (False, False), (True, True)])
+def test_channels_last_auto_is_on_for_the_cpu(tiny_cfg, setting, expect_nhwc):
+    """train.channels_last: auto trains in NHWC on the CPU (faster oneDNN convolutions); false keeps NCHW."""
+    cfg = tiny_cfg.updated({"train.channels_last": setting, "train.epochs": 1})
+    weight = fit(cfg).model.unet.encoder.blocks[1][0].weight  # [f1, f0, 3, 3]: the two layouts differ
+    assert weight.is_contiguous(memory_format=torch.channels_last) is expect_nhwc
+    assert weight.is_contiguous() is not expect_nhwc

@@ -88,6 +88,20 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
     assert "supervised/ged_mean" in retrains[0].data.metrics and "supervised/ged_std" in retrains[0].data.metrics
 
 
+def test_trials_reuse_their_worker_process(tmp_path, monkeypatch, ray_session):
+    """reuse_actors: one at a time, every trial runs in the same Ray worker process (no new process, imports or
+    dataset load per trial), and each still gets its own complete MLflow run."""
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, num_samples=3, max_concurrent=1, scheduler={"type": "none"})
+    opts = sweep_options(tmp_path, "reuse", space)
+    out = run_sweep(opts)
+    assert out.complete and [t["status"] for t in out.trials] == ["TERMINATED"] * 3
+    runs = children(opts.tracking_uri, out.parent_run_id)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert all("val/ged" in r.data.metrics for r in runs)
+    assert len({r.data.tags["supuq.worker_pid"] for r in runs}) == 1
+
+
 def test_nan_trial_fails_alone(tmp_path, monkeypatch, ray_session):
     monkeypatch.chdir(tmp_path)
     space = write_space(

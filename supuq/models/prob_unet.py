@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from ..config import LossConfig, ModelConfig
 from ..losses import LossTerms, kl_gaussians, l2_penalty, reconstruction, supervised_aleatoric
 from .bayes import BayesConv2d
+from . import pieces
+from .pieces import in_pieces, piece_size
 from .unet import Encoder, UNet
 
 
@@ -36,6 +38,10 @@ class LatentNet(nn.Module):
         nn.init.normal_(self.head.bias, std=1e-3)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # On the CPU in cache-sized pieces: the posterior sees B*D pairs per step (see models/pieces.py).
+        return in_pieces(self._stats, x, piece_size(x, self.encoder.blocks[0][0].out_channels))
+
+    def _stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pooled = self.encoder(x)[-1].mean(dim=(2, 3), keepdim=True)  # [N, C, 1, 1]
         stats = self.head(pooled).flatten(1)  # [N, 2L]
         return stats[:, : self.latent_dim], stats[:, self.latent_dim :]
@@ -100,11 +106,6 @@ class Fcomb(nn.Module):
         for conv in self.convs[1:]:
             h = conv(F.relu(h))
         return h.reshape(n, k, height, width)
-
-
-# Elements of one fcomb activation per piece when sampling on the CPU (2^21 float32 = 8 MB): small enough for glibc
-# to serve from its heap and reuse (blocks over 32 MB are always fresh mmaps), large enough to keep matmuls efficient.
-_CPU_PIECE_ELEMENTS = 2**21
 
 
 def _rsample(mu: Tensor, log_sigma: Tensor, shape: Sequence[int] = ()) -> Tensor:
@@ -203,7 +204,7 @@ class ProbUNet(nn.Module):
         # The CUDA caching allocator reuses memory anyway, so there all maps go in one call.
         step = feats.shape[0]
         if feats.device.type == "cpu":
-            step = max(1, _CPU_PIECE_ELEMENTS // (feats[0].numel() * k))
-        pieces = [self.fcomb(feats[i : i + step], z[i : i + step]) for i in range(0, feats.shape[0], step)]
-        logits = pieces[0] if len(pieces) == 1 else torch.cat(pieces)  # [B*M, K, H, W]
+            step = max(1, pieces.CPU_PIECE_ELEMENTS // (feats[0].numel() * k))
+        parts = [self.fcomb(feats[i : i + step], z[i : i + step]) for i in range(0, feats.shape[0], step)]
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # [B*M, K, H, W]
         return logits.reshape(b, m, k, *logits.shape[-2:])

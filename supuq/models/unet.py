@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..config import WeightNoiseConfig
 from .bayes import BayesConv2d
+from .pieces import in_pieces, piece_size
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -153,16 +154,27 @@ class UNet(nn.Module):
         """
         if draws is not None and shared_weights and draws != 1 and not self.bayesian:
             raise ValueError(f"{draws} weight samples requested but the U-Net has no weight noise")
+        # Explicit weight samples are drawn once here, so that every piece of the batch uses the same ones.
+        weights = self.head.sample_weights(draws) if draws is not None and shared_weights and self.bayesian else None
+        noise_draws = draws if self.bayesian and weights is None else None
+        # Pieces sized by level 0's features (also counting the head's draws made pieces too small: slower).
+        size = piece_size(x, self.out_channels)
+        out = in_pieces(lambda part: self._features(part, noise_draws, weights), x, size)
+        if draws is not None and not self.bayesian:
+            return out.unsqueeze(1).expand(-1, draws, -1, -1, -1)  # n identical views, no copy
+        return out
+
+    def _features(self, x: Tensor, draws: int | None, weights: Tensor | None) -> Tensor:
+        """Trunk + head on one piece: [B, C, H, W] (plain head, or no draws) or [B, n, C, H, W] (n noise draws, or
+        the n explicit weight samples `weights`)."""
         h = self.trunk(x)
         # The dropout of level 0 (only when the U-Net has two levels) sits after the head.
         finish = self.up_drops[-1]
-        if draws is None:
-            return finish(F.relu(self.head(h)))
-        if not self.bayesian:
-            return finish(F.relu(self.head(h))).unsqueeze(1).expand(-1, draws, -1, -1, -1)
-        if shared_weights:
-            return finish(F.relu(self.head.forward_weights(h, self.head.sample_weights(draws))))
-        return finish(F.relu(self.head(h, draws=draws)))
+        if weights is not None:
+            return finish(F.relu(self.head.forward_weights(h, weights)))
+        if draws is not None:
+            return finish(F.relu(self.head(h, draws=draws)))
+        return finish(F.relu(self.head(h)))
 
     @contextmanager
     def mc_dropout(self) -> Iterator[None]:
