@@ -161,6 +161,10 @@ def sweep(
         "ASHA ranks trials by one metric and would stop the front's high-NCC trials, and early-stopped values are "
         "not comparable. A NaN NCC (no image with a non-constant map) is told to the searcher as -1, the worst NCC.",
     ),
+    wait_for_resources: float = typer.Option(
+        0.0, min=0.0, help="When the cluster cannot run a trial yet (e.g. no GPU node), ask Ray's autoscaler for "
+        "the trials' resources and wait up to this many seconds for nodes to join (default 0: fail at once).",
+    ),
 ) -> None:
     """Search beta, gamma, the weight-noise prior and lr with Ray Tune + Optuna (TPE) + ASHA; every trial in MLflow."""
     from .tune import SweepInterrupted, SweepOptions, run_sweep
@@ -168,7 +172,8 @@ def sweep(
     if objective is not None and objective not in ("ged", "ncc", "both"):
         raise SupuqError(f"--objective must be ged, ncc or both, got {objective!r}")
     opts = SweepOptions(dataset, config, space, samples, concurrent, list(set_), gpus_per_trial, cpus_per_trial,
-                        address, storage, tracking_uri, name, resume, objective=objective)
+                        address, storage, tracking_uri, name, resume, objective=objective,
+                        wait_for_resources=wait_for_resources)
     try:
         outcome = run_sweep(opts, console=console)
     except SweepInterrupted as stop:

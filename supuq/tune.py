@@ -51,6 +51,7 @@ class SweepOptions:
     name: str | None = None
     resume: str | None = None
     objective: str | None = None  # ged | ncc | both (None: the space file's metric); see objective_changes
+    wait_for_resources: float = 0.0  # seconds to wait (asking the autoscaler) for nodes that can run a trial
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -262,19 +263,51 @@ def connect_ray(address: str | None, cpus: float | None = None) -> bool:
     return True
 
 
-def check_resources(space: SweepSpace) -> None:
-    """Fail fast when a trial asks for more than the cluster has (Ray would leave it PENDING forever)."""
+def _missing_resources(space: SweepSpace) -> str | None:
+    """Why the cluster cannot run one trial now (Ray would leave it PENDING forever), or None when it can."""
     import ray
 
     have = ray.cluster_resources()
     need = space.resources
     if need.gpu > 0 and have.get("GPU", 0) < need.gpu:
-        raise SupuqError(
-            f"each trial asks for {need.gpu:g} GPU but the Ray cluster has {have.get('GPU', 0):g}; "
-            "use --gpus-per-trial 0 or join a cluster with GPUs"
-        )
+        return f"each trial asks for {need.gpu:g} GPU but the Ray cluster has {have.get('GPU', 0):g}"
     if have.get("CPU", 0) < need.cpu:
-        raise SupuqError(f"each trial asks for {need.cpu:g} CPU but the Ray cluster has {have.get('CPU', 0):g}")
+        return f"each trial asks for {need.cpu:g} CPU but the Ray cluster has {have.get('CPU', 0):g}"
+    return None
+
+
+def check_resources(space: SweepSpace, wait_s: float = 0.0, poll_s: float = 2.0, say=print) -> bool:
+    """Fail fast when a trial asks for more than the cluster has, or with `wait_s` > 0 first ask Ray's autoscaler
+    for the trials' resources (a no-op on a cluster without one) and wait up to `wait_s` seconds for the nodes to
+    join: an autoscaling cluster may start with no GPU node at all. Returns True when it left a resource request
+    standing (the caller clears it with `release_resources` when the sweep ends, so the cluster can scale down)."""
+    missing = _missing_resources(space)
+    if missing is None:
+        return False
+    if wait_s <= 0:
+        hint = ("; use --gpus-per-trial 0, join a cluster with GPUs, or --wait-for-resources SECONDS on an "
+                "autoscaling cluster" if "GPU" in missing else "")
+        raise SupuqError(missing + hint)
+    from ray.autoscaler.sdk import request_resources
+
+    bundle = {"CPU": space.resources.cpu, **({"GPU": space.resources.gpu} if space.resources.gpu > 0 else {})}
+    request_resources(bundles=[bundle] * space.max_concurrent)
+    say(f"{missing}; asked the autoscaler for {space.max_concurrent} x {bundle}, waiting up to {wait_s:g} s")
+    deadline = time.monotonic() + wait_s
+    while missing is not None and time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        missing = _missing_resources(space)
+    if missing is not None:
+        release_resources()
+        raise SupuqError(f"{missing} after waiting {wait_s:g} s for the autoscaler")
+    return True
+
+
+def release_resources() -> None:
+    """Clear this driver's standing autoscaler request (see `check_resources`)."""
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[])
 
 
 def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
@@ -319,8 +352,12 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     # that is every report, and the warning drowns the progress bar.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     owns_ray = connect_ray(opts.address)
+    requested = False
     try:
-        check_resources(space)
+        def say(text: str) -> None:  # one unwrapped line (rich wraps at 80 columns when not on a terminal)
+            (console.print(text, soft_wrap=True, markup=False) if console is not None else print(text, flush=True))
+
+        requested = check_resources(space, opts.wait_for_resources, say=say)
         if opts.resume:
             parent_id = state["parent_run_id"]
         else:
@@ -412,6 +449,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     finally:
         import ray
 
+        if requested and ray.is_initialized():
+            release_resources()
         if owns_ray:
             ray.shutdown()
     return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,

@@ -377,6 +377,37 @@ def test_trial_survives_the_loss_of_the_worker_node(stack):
     print("timings:", json.dumps(stack.timings))
 
 
+def test_gpu_sweep_waits_for_a_gpu_node_to_join(stack):
+    """An autoscaling cluster can start with no GPU node: with --wait-for-resources the driver asks the autoscaler
+    (none here) and waits; a node with a GPU joins meanwhile and the trial runs there. (The node's GPU is a
+    logical resource: torch sees no CUDA device and the trial trains on its CPU.)"""
+    space = write_space(stack.work, {"type": "none"})
+    log = stack.work / "sweep-wait-gpu.log"
+    command = sweep_command(stack, "wait-gpu", space, []) + [
+        "--samples", "1", "--concurrent", "1", "--gpus-per-trial", "1", "--wait-for-resources", "150"]
+    proc = start_driver(stack, command, log)
+    gpu_node = None
+    try:
+        deadline = time.monotonic() + 120
+        while "waiting up to 150 s" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "asks for 1 GPU but the Ray cluster has 0" in log.read_text(), log.read_text()[-3000:]
+        gpu_node = ray_start(["--address", stack.address, "--num-cpus", "1", "--num-gpus", "1", "--memory",
+                              str(3 * GIB), "--object-store-memory", str(200 * 1024**2), "--temp-dir",
+                              str(stack.work / "ray"), "--disable-usage-stats", *node_ports()], stack.env,
+                             stack.work / "ray-gpu.log")
+        raylet = raylet_of(gpu_node.pid)
+        assert raylet is not None
+        finish(proc, log, timeout=240)
+    finally:
+        stop_group(proc, timeout=5)
+        stop_group(gpu_node, timeout=5)
+    parent, runs = sweep_runs(stack, "wait-gpu")
+    assert parent.data.tags["supuq.complete"] == "true"
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["supuq.node_id"] == raylet[1]
+
+
 def test_driver_with_a_wrong_token_is_refused(stack):
     space = write_space(stack.work, {"type": "none"})
     # Ray retries the GCS connection 20 times, 1 s apart, even for a wrong token: 2 are enough here.

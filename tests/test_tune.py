@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from supuq import tracking
 from supuq.cli import app
-from supuq.errors import ConfigError
+from supuq.errors import ConfigError, SupuqError
 from supuq.sweep_space import load_space
 from supuq.tune import SweepOptions, run_sweep
 
@@ -86,6 +86,24 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
     assert len(seeds) == 2 and all(r.info.status == "FINISHED" for r in seeds)
     assert all("test/ged" in r.data.metrics for r in seeds)
     assert "supervised/ged_mean" in retrains[0].data.metrics and "supervised/ged_std" in retrains[0].data.metrics
+
+
+def test_wait_for_resources_gives_up_with_a_clear_error(ray_session):
+    """--wait-for-resources on a cluster that never gets a GPU: the request goes to Ray's autoscaler (none here),
+    the wait lasts the given time, and the error says what was missing and for how long it waited."""
+    from supuq.tune import check_resources
+
+    cpu_only = load_space(ROOT / "sweep/synthetic.yaml")
+    space = cpu_only.model_copy(update={"resources": cpu_only.resources.model_copy(update={"gpu": 1.0})})
+    said = []
+    started = time.monotonic()
+    with pytest.raises(SupuqError, match=r"asks for 1 GPU but the Ray cluster has 0 after waiting 1\.5 s"):
+        check_resources(space, wait_s=1.5, poll_s=0.2, say=said.append)
+    assert time.monotonic() - started >= 1.5
+    assert said and "waiting up to 1.5 s" in said[0]
+    with pytest.raises(SupuqError, match="--wait-for-resources"):  # no wait: fails at once and names the option
+        check_resources(space)
+    assert check_resources(cpu_only, wait_s=5) is False  # nothing missing: no request left standing
 
 
 def test_trials_reuse_their_worker_process(tmp_path, monkeypatch, ray_session):
