@@ -350,6 +350,8 @@ def predict_cmd(
     slices: str = typer.Option("all", help="all | annotated (slices where an --annotation / sibling annotation is non-empty)."),
     crop: Optional[str] = typer.Option(None, help="N: centre crop N x N | full: tile the whole slice "
                                        "(default: centre crop of the training size, e.g. 128)."),
+    overlap: float = typer.Option(0.5, help="With --crop full: overlap of neighbouring tiles, as a fraction of a "
+                                  "tile in [0, 1); overlapping tiles are blended with Gaussian weights."),
     fmt: str = typer.Option("nifti", "--format", help="nifti (.nii.gz) | same (the input's extension)."),
     save_samples: bool = typer.Option(False, "--save-samples", help="Also write the binary samples as one image a dimension up."),
     annotation: list[Path] = typer.Option([], "--annotation", help="Mask file for --slices annotated (repeatable)."),
@@ -362,7 +364,7 @@ def predict_cmd(
 
     outcome = predict(model, input_path, out, samples=samples, weight_samples=weight_samples, slices=slices,
                       crop=crop, fmt=fmt, save_samples=save_samples, annotations=annotation,
-                      tracking_uri=tracking_uri, device=device, seed=seed, progress=True)
+                      tracking_uri=tracking_uri, device=device, seed=seed, progress=True, overlap=overlap)
     d = outcome.details
     console.print(f"{d['slices']['count']} slice(s), {d['sampling']['weight_samples']} x "
                   f"{d['sampling']['latent_samples']} samples, crop {d['crop']['mode']} "

@@ -15,10 +15,10 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    is refused rather than guessed.
 4. Axial slices (SimpleITK arrays are [z, y, x]), each either centre-cropped to N x N (default N = the
    training crop, ``preprocessing["size"]``; zero-padded when the slice is smaller) or, with ``crop="full"``,
-   zero-padded to a multiple of the training size and cut into non-overlapping tiles of that size that are
-   predicted independently and stitched (the latent sample differs from tile to tile, so sample masks can
-   show seams; the maps are per-pixel statistics and are not affected in expectation). Outside the predicted
-   region every map is 0. Tiles are batched on the device.
+   cut into tiles of the training size that overlap by half a tile (``overlap``) and are predicted
+   independently; each pixel's maps are the Gaussian-weighted mean over the tiles that cover it, and its binary
+   samples come from the tile most centred on it (`supuq.predict_tiles`). Outside the predicted region every
+   map is 0. Tiles are batched on the device.
 5. Per pixel, from the M x K binary samples (DESIGN.md section 6; a model without weight noise draws
    1 x samples): ``pm`` mean sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric +
    epistemic), ``consensus`` = pm > 0.5, optionally the S binary samples as one (N+1)-D image.
@@ -52,6 +52,7 @@ from .errors import SupuqError
 from .evaluate import predict_samples
 from .predict_io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
                          stacked_like, write_maps)
+from .predict_tiles import BLEND_SIGMA, MapBlender, Window, blend_weights, centre_window, tile_windows  # noqa: F401
 from .sampling import binarize, decompose
 
 MAPS = ("pm", "aleatoric", "epistemic", "total", "consensus")
@@ -232,41 +233,6 @@ def training_size(cfg: Config, preprocessing: dict[str, Any] | None, data_meta: 
     return cfg.data.synthetic.size if cfg.data.dataset == "synthetic" else cfg.data.crop
 
 
-@dataclass(frozen=True)
-class Window:
-    """One model input of side `size`: slice rows/cols src_* of the image go to rows/cols dst_* of the input."""
-
-    src_y: slice
-    src_x: slice
-    dst_y: slice
-    dst_x: slice
-
-
-def centre_window(h: int, w: int, size: int) -> Window:
-    """The central size x size window of an h x w slice (the slice zero-padded around it when smaller), as
-    `prostate.center_crop` cuts training slices."""
-    spans = []
-    for extent in (h, w):
-        if extent >= size:
-            start = (extent - size) // 2
-            spans.append((slice(start, start + size), slice(0, size)))
-        else:
-            start = (size - extent) // 2
-            spans.append((slice(0, extent), slice(start, start + extent)))
-    return Window(spans[0][0], spans[1][0], spans[0][1], spans[1][1])
-
-
-def tile_windows(h: int, w: int, size: int) -> list[Window]:
-    """Non-overlapping size x size tiles covering an h x w slice padded (bottom/right, zeros) to multiples of
-    size, row by row; the last row/column of tiles is partly padding."""
-    out = []
-    for y in range(0, h, size):
-        for x in range(0, w, size):
-            dy, dx = min(size, h - y), min(size, w - x)
-            out.append(Window(slice(y, y + dy), slice(x, x + dx), slice(0, dy), slice(0, dx)))
-    return out
-
-
 def _parse_crop(crop: str | int | None, trained: int) -> tuple[str, int]:
     """("centre", N) or ("full", training size) from None (the training size), an integer, or "full"."""
     if crop is None or str(crop).lower() in ("", "train", "training"):
@@ -298,13 +264,15 @@ def predict_volume(
     progress: bool = False,
     info: dict[str, Any] | None = None,
     data_meta: dict[str, Any] | None = None,
+    overlap: float = 0.5,
 ) -> dict[str, Any]:
     """Uncertainty maps of a 2-D image or 3-D volume, as SimpleITK images in its geometry.
 
     image: SimpleITK image, 2-D [X,Y] or 3-D [X,Y,Z] (arrays [Y,X] / [Z,Y,X]); grey or identical-channel colour.
     samples: S binary samples per pixel, drawn as M = weight_samples weight samples x K = S / M latent samples
     (1 x S for a model without weight noise). crop: None (centre crop of the training size), an integer N
-    (centre crop N x N) or "full" (tiles of the training size). preprocessing: the checkpoint's record (see
+    (centre crop N x N) or "full" (tiles of the training size overlapping by `overlap` of a tile, blended with
+    Gaussian weights: `supuq.predict_tiles`). preprocessing: the checkpoint's record (see
     `preprocess`). slices: indices of the axial slices to predict (default all; others stay 0). seed: the
     sampling seed (the caller's torch RNG state is restored afterwards). info: filled with the details
     (crop region, grid, applied preprocessing, per-slice total, the preprocessed image [Z,Y,X] as "_image").
@@ -338,14 +306,16 @@ def predict_volume(
     chosen = np.arange(z_total) if slices is None else np.unique(np.asarray(slices, dtype=np.int64))
     if chosen.size and (chosen.min() < 0 or chosen.max() >= z_total):
         raise SupuqError(f"slice indices must lie in 0..{z_total - 1}")
-    windows = [centre_window(h, w, size)] if mode == "centre" else tile_windows(h, w, size)
+    windows = [centre_window(h, w, size)] if mode == "centre" else tile_windows(h, w, size, overlap)
+    blended = mode == "full" and overlap > 0
     jobs = [(int(z), win) for z in chosen for win in windows]
 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
     batch = batch_size or cfg.eval.batch_size
-    maps = {name: np.zeros((z_total, h, w), np.float32) for name in ("pm", "aleatoric", "epistemic", "total")}
-    kept = np.zeros((m * k, z_total, h, w), np.uint8) if keep_samples else None
+    weights = blend_weights(size) if blended else np.ones((size, size), np.float32)
+    blender = MapBlender(("pm", "aleatoric", "epistemic", "total"), (z_total, h, w), weights,
+                         m * k if keep_samples else 0)
     started = time.perf_counter()
     with _progress_bar(progress, len(jobs)) as advance, _seeded(seed, device):
         for start in range(0, len(jobs), batch):
@@ -359,19 +329,19 @@ def predict_volume(
             out = {"pm": torch.sigmoid(logits).mean(dim=(1, 2)), "aleatoric": parts.aleatoric,
                    "epistemic": parts.epistemic, "total": parts.total}
             out = {name: value.cpu().numpy() for name, value in out.items()}
-            flat = binary.flatten(1, 2).cpu().numpy() if kept is not None else None  # [B, S, s, s]
+            flat = binary.flatten(1, 2).cpu().numpy() if keep_samples else None  # [B, S, s, s]
             for i, (z, win) in enumerate(part):
-                for name, value in out.items():
-                    maps[name][z, win.src_y, win.src_x] = value[i, win.dst_y, win.dst_x]
-                if kept is not None:
-                    kept[:, z, win.src_y, win.src_x] = flat[i][:, win.dst_y, win.dst_x]
+                blender.add(z, win, {name: value[i] for name, value in out.items()},
+                            flat[i] if flat is not None else None)
             advance(len(part))
+    maps = blender.maps()
+    kept = blender.kept
     consensus = (maps["pm"] > 0.5).astype(np.uint8)
 
     region = ({"mode": "centre", "size": size, "rows": [windows[0].src_y.start, windows[0].src_y.stop],
                "cols": [windows[0].src_x.start, windows[0].src_x.stop]} if mode == "centre"
-              else {"mode": "full", "tile": size, "tiles_per_slice": len(windows),
-                    "padded_to": [-(-h // size) * size, -(-w // size) * size]})
+              else {"mode": "full", "tile": size, "overlap": overlap, "tiles_per_slice": len(windows),
+                    "blend": f"gaussian, sigma = {BLEND_SIGMA:g} tile" if blended else "none (tiles do not overlap)"})
     info.update(
         preprocessing={**(preprocessing or {}), "applied": applied},
         crop={**region, "training_size": trained, "outside": "maps are 0 outside the predicted region"},
@@ -443,6 +413,7 @@ def predict(
     progress: bool = False,
     preprocessing: dict[str, Any] | None = None,
     on_model: Callable[[LoadedModel], None] | None = None,
+    overlap: float = 0.5,
 ) -> PredictOutcome:
     """Run a trained model on an image file or DICOM series folder; write maps, prediction.json, overview.png.
 
@@ -456,6 +427,8 @@ def predict(
     started = time.perf_counter()
     if slices not in ("all", "annotated"):
         raise SupuqError(f"--slices must be all or annotated, got {slices!r}")
+    if not 0 <= overlap < 1:
+        raise SupuqError(f"--overlap must be in [0, 1), got {overlap:g}")
     input_path = Path(input_path)
     image, input_info = read_input(input_path)
     ext = output_extension(input_path, fmt, input_info["kind"] == "dicom-series")
@@ -468,7 +441,7 @@ def predict(
     record = preprocessing if preprocessing is not None else loaded.preprocessing
     info: dict[str, Any] = {}
     maps = predict_volume(loaded.model, loaded.cfg, image, samples, weight_samples, crop, record, chosen,
-                          batch_size, torch_device, seed, save_samples, progress, info, loaded.data_meta)
+                          batch_size, torch_device, seed, save_samples, progress, info, loaded.data_meta, overlap)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

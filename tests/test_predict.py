@@ -193,8 +193,9 @@ def test_dicom_series_with_a_ct_model_full_tiling(hu_ckpt, tmp_path):
     assert (maps["pm"] > 0).all()  # full tiling: every pixel was predicted
     details = outcome.details
     assert details["input"]["kind"] == "dicom-series" and details["input"]["files"] == SHAPE[0]
-    assert details["crop"] == {"mode": "full", "tile": SIZE, "tiles_per_slice": 4, "padded_to": [32, 32],
-                               "training_size": SIZE, "outside": "maps are 0 outside the predicted region"}
+    assert details["crop"] == {"mode": "full", "tile": SIZE, "overlap": 0.5, "tiles_per_slice": 4,
+                               "blend": "gaussian, sigma = 0.125 tile", "training_size": SIZE,
+                               "outside": "maps are 0 outside the predicted region"}
     assert details["preprocessing"]["applied"]["window_hu"] == [-1000.0, 400.0]
 
 
@@ -240,7 +241,13 @@ def test_png_input_full_tiles_and_annotated_slices(ckpt, tmp_path):
     outcome = predict(ckpt, tmp_path / "slice.png", tmp_path / "out", samples=4, weight_samples=2, crop="full")
     pm_image, pm = read(tmp_path / "out" / "pm.nii.gz")
     assert pm_image.GetDimension() == 2 and pm.shape == (20, 40) and (pm > 0).all()
-    assert outcome.details["crop"]["tiles_per_slice"] == 6
+    assert outcome.details["crop"]["tiles_per_slice"] == 8  # 2 x 4 tiles of 16 overlapping by half
+    assert_maps_consistent(tmp_path / "out")
+    plain = predict(ckpt, tmp_path / "slice.png", tmp_path / "out0", samples=4, weight_samples=2, crop="full",
+                    overlap=0)
+    assert plain.details["crop"]["tiles_per_slice"] == 6 and plain.details["crop"]["blend"].startswith("none")
+    with pytest.raises(SupuqError, match="--overlap must be in"):
+        predict(ckpt, tmp_path / "slice.png", tmp_path / "out1", crop="full", overlap=1.0)
     assert outcome.details["preprocessing"]["applied"]["divided_by"] == 255  # 8-bit file, [0, 1] model
     with pytest.raises(SupuqError, match="cannot hold floating-point maps"):
         predict(ckpt, tmp_path / "slice.png", tmp_path / "out2", fmt="same")
