@@ -14,8 +14,8 @@ sqlite concurrency rule (STACK-NOTES.md): several processes opening a *fresh* sq
 on the schema migration and can corrupt it for good. The driver therefore calls `init_store` once, before any
 worker starts; after that, concurrent writers are safe (MLflow sets a 20 s sqlite busy timeout).
 
-The local UI server (`serve_ui`, `wait_for_health`, `stop_server`) lives in `supuq.mlflow_server` and is
-re-exported here.
+The local UI server (`serve_ui`, `wait_for_health`, `stop_server`) lives in `supuq.mlflow_server` and the run
+queries in `supuq.tracking_queries`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -306,6 +306,8 @@ def tracked_run(
     uri = resolve_tracking_uri(uri)
     client = _client(uri)
     if run_id is not None:
+        from .tracking_queries import get_run
+
         existing = get_run(uri, run_id)
         experiment_id = existing.info.experiment_id
         # Reopen it: a resumed run is running again until this block ends.
@@ -376,6 +378,8 @@ def end_stale_runs(uri: str, parent_run_id: str, status: str = "KILLED") -> int:
     worker); call it from the driver once the workers are gone.
     """
     client = _client(resolve_tracking_uri(uri))
+    from .tracking_queries import child_runs
+
     stale = [r for r in child_runs(uri, parent_run_id) if r.info.status == "RUNNING"]
     for run in stale:
         client.set_terminated(run.info.run_id, status=status)
@@ -446,105 +450,17 @@ def _is_number(value: Any) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Queries
-# --------------------------------------------------------------------------------------------------------------
+_QUERIES = ("child_runs", "download_artifact", "find_runs", "get_run", "search_runs")
 
 
-def find_runs(uri: str, experiment: str, filter_string: str = "", order_by: list[str] | None = None) -> list["Run"]:
-    """All active runs of the experiment named `experiment` matching `filter_string`; [] if it does not exist.
+def __getattr__(name: str) -> Any:
+    """`tracking.child_runs` etc.: the run queries live in `supuq.tracking_queries`, which imports this module's
+    client and URI helpers, so they are looked up on first use rather than imported here (no import cycle)."""
+    if name in _QUERIES:
+        from . import tracking_queries
 
-    Without `order_by`, newest first (MLflow's default order).
-    """
-    return search_runs(uri, [experiment], filter_string, order_by)
-
-
-def search_runs(
-    uri: str, experiments: list[str] | None = None, filter_string: str = "", order_by: list[str] | None = None
-) -> list["Run"]:
-    """Like `find_runs` over several experiments (by name; missing ones are skipped), or all when None."""
-    uri = resolve_tracking_uri(uri)
-    client = _client(uri)
-    if experiments is None:
-        ids = [e.experiment_id for e in _all_experiments(client)]
-    else:
-        ids = [i for i in (_experiment_id(client, name) for name in experiments) if i is not None]
-    if not ids:
-        return []
-    return _search_all(client, ids, filter_string, order_by)
-
-
-def child_runs(uri: str, parent_run_id: str, filter_string: str = "") -> list["Run"]:
-    """The runs whose `mlflow.parentRunId` tag is `parent_run_id` (trials of a sweep, seeds of a retrain),
-    oldest first, optionally narrowed by `filter_string` (ANDed)."""
-    parent = get_run(uri, parent_run_id)
-    client = _client(resolve_tracking_uri(uri))
-    quoted = parent_run_id.replace("'", "")  # run ids are hex; never let one break out of the quotes
-    combined = f"tags.mlflow.parentRunId = '{quoted}'"
-    if filter_string.strip():
-        combined += f" and {filter_string}"
-    return _search_all(client, [parent.info.experiment_id], combined, ["attributes.start_time ASC"])
-
-
-def _all_experiments(client: "MlflowClient") -> list:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            return experiments
-
-
-def _search_all(
-    client: "MlflowClient", experiment_ids: list[str], filter_string: str, order_by: list[str] | None
-) -> list["Run"]:
-    from mlflow.exceptions import MlflowException
-
-    runs: list[Run] = []
-    token = None
-    while True:
-        try:
-            page = client.search_runs(
-                experiment_ids, filter_string=filter_string, order_by=order_by, max_results=1000, page_token=token
-            )
-        except MlflowException as err:
-            if err.error_code == "INVALID_PARAMETER_VALUE":
-                raise SupuqError(f"bad MLflow run filter {filter_string!r}: {_one_line(err)}") from None
-            raise
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def get_run(uri: str, run_id: str) -> "Run":
-    """The run with id `run_id`; an unknown id is a `SupuqError`."""
-    from mlflow.exceptions import MlflowException
-
-    uri = resolve_tracking_uri(uri)
-    try:
-        return _client(uri).get_run(run_id)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise SupuqError(f"no MLflow run {run_id!r} in {uri}") from None
-        raise
-
-
-def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike[str]) -> Path:
-    """Copy the artifact `path` (file or folder) of a run into the folder `dst`; returns the local path."""
-    from mlflow.exceptions import MlflowException
-
-    uri = resolve_tracking_uri(uri)
-    dst = Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    get_run(uri, run_id)  # unknown run -> SupuqError before the artifact layer's less specific message
-    try:
-        local = _client(uri).download_artifacts(run_id, path, str(dst))
-    except (MlflowException, OSError) as err:
-        raise SupuqError(f"MLflow run {run_id}: cannot download artifact {path!r}: {_one_line(err)}") from None
-    return Path(local)
-
+        return getattr(tracking_queries, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_STORE",
