@@ -341,7 +341,8 @@ def predict_volume(
     region = ({"mode": "centre", "size": size, "rows": [windows[0].src_y.start, windows[0].src_y.stop],
                "cols": [windows[0].src_x.start, windows[0].src_x.stop]} if mode == "centre"
               else {"mode": "full", "tile": size, "overlap": overlap, "tiles_per_slice": len(windows),
-                    "blend": f"gaussian, sigma = {BLEND_SIGMA:g} tile" if blended else "none (tiles do not overlap)"})
+                    "blend": f"gaussian, sigma = {BLEND_SIGMA:g} tile" if blended
+                    else "none (equal weights where the edge tiles overlap)"})
     info.update(
         preprocessing={**(preprocessing or {}), "applied": applied},
         crop={**region, "training_size": trained, "outside": "maps are 0 outside the predicted region"},

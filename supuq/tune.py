@@ -351,12 +351,15 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     # Tune warns each time a checkpoint forces an experiment snapshot; with one checkpoint per validation
     # that is every report, and the warning drowns the progress bar.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    def say(text: str) -> None:
+        if console is not None:  # one unwrapped line: rich wraps at 80 columns when not on a terminal
+            console.print(text, soft_wrap=True, markup=False)
+        else:
+            print(text, flush=True)
+
     owns_ray = connect_ray(opts.address)
     requested = False
     try:
-        def say(text: str) -> None:  # one unwrapped line (rich wraps at 80 columns when not on a terminal)
-            (console.print(text, soft_wrap=True, markup=False) if console is not None else print(text, flush=True))
-
         requested = check_resources(space, opts.wait_for_resources, say=say)
         if opts.resume:
             parent_id = state["parent_run_id"]
