@@ -116,7 +116,7 @@ class TrainConfig(_Strict):
     device: str = "auto"
     amp: bool = Field(False, description="bf16 autocast on CUDA")
     channels_last: bool | Literal["auto"] = Field(
-        "auto", description="NHWC convolutions; auto: on the CPU (oneDNN ~15% faster per step, bench/step.py), off on CUDA"
+        "auto", description="NHWC convolutions; auto: on the CPU (a step 6-17% faster there, bench/README.md), off on CUDA"
     )
     augment: AugmentConfig = AugmentConfig()
     train_on_val: bool = Field(False, description="train on train+val (final retrain); validation still reported")
