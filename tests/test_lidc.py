@@ -152,7 +152,7 @@ def test_toolbox_not_binary_and_shape_mismatch(tmp_path, toolbox_sample):
     grey = np.zeros((512, 512), np.uint8)
     grey[200:210, 200:210] = 128
     Image.fromarray(grey).save(gt)
-    with pytest.raises(DataError, match="not binary") as err:
+    with pytest.raises(DataError, match="not a binary mask") as err:
         load_toolbox(root)
     assert str(gt) in str(err.value)
     small = np.zeros((256, 256), np.uint8)

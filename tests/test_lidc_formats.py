@@ -114,7 +114,7 @@ def test_bad_pickles_are_one_line_data_errors(tmp_path):
     data = knegt_dict(n=2, size=8)
     data[sorted(data)[0]]["masks"][1][0, 0] = 7
     path.write_bytes(pickle.dumps(data))
-    with pytest.raises(DataError, match="not binary"):
+    with pytest.raises(DataError, match="not a binary mask"):
         load_lidc_pickle(path)
     data = knegt_dict(n=2, size=8)
     data[sorted(data)[0]]["image"] = data[sorted(data)[0]]["image"] * 255
@@ -190,7 +190,7 @@ def test_png_split_folders_and_errors(tmp_path):
     bad = write_kohl_pngs(tmp_path / "bad", patients=1, per_patient=1, size=40)
     mask_path = next((bad / "gt").rglob("*_l0.png"))
     Image.fromarray(np.full((40, 40), 7, np.uint8)).save(mask_path)
-    with pytest.raises(DataError, match="not binary"):
+    with pytest.raises(DataError, match="not a binary mask"):
         load_lidc_png(bad, crop=32)
     mask_path.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match="unreadable or truncated PNG"):

@@ -52,6 +52,7 @@ from .crops import (
     hu_window,
     stored_to_hu,
 )
+from .masks import binary_mask
 from .types import MultiGraderSet
 
 _SLICE_DIR = re.compile(r"^slice(\d+)$")
@@ -87,12 +88,7 @@ def read_tiff(path: Path, kind: str = "TIFF") -> np.ndarray:
 
 def read_binary_mask(path: Path, kind: str = "TIFF") -> np.ndarray:
     """A reader's mask image as bool ``[H, W]``; values must be {0, 255} (toolbox, Kohl's PNGs) or {0, 1}."""
-    raw = read_tiff(path, kind)
-    values = np.unique(raw)
-    if not (set(values.tolist()) <= {0, 255} or set(values.tolist()) <= {0, 1}):
-        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise DataError(f"{path}: mask is not binary (values {shown}; expected 0 and 255)")
-    return raw > 0
+    return binary_mask(read_tiff(path, kind), path).astype(bool)
 
 
 def read_correspondences(path: Path) -> tuple[dict[int, float], str | None]:

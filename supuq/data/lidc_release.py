@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import DataError
 from .lidc_files import read_binary_mask, read_tiff
+from .masks import binary_mask
 from .types import MultiGraderSet
 
 
@@ -101,12 +102,7 @@ def _as_mask(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
     array = np.asarray(value)
     if array.shape != shape:
         raise DataError(f"{where}: mask shape {array.shape} differs from the image's {shape}")
-    values = set(np.unique(array).tolist())
-    if values <= {0, 1}:
-        return array.astype(np.uint8)
-    if values <= {0, 255}:
-        return (array == 255).astype(np.uint8)
-    raise DataError(f"{where}: mask is not binary (values {sorted(values)[:6]}; expected 0/1 or 0/255)")
+    return binary_mask(array, where)
 
 
 def load_lidc_pickle(path: str | Path, max_graders: int = 4) -> MultiGraderSet:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .masks import binary_mask
 from .types import MultiGraderSet
 
 EXTENSIONS = (".nii.gz", ".mhd", ".mha", ".nii", ".nrrd")
@@ -166,16 +167,6 @@ def _check_geometry(image, annotation, path: Path, image_path: Path) -> None:
                             f"{image_path.name} {tuple(round(v, 6) for v in want)}")
 
 
-def _binary(array: np.ndarray, path: Path) -> np.ndarray:
-    values = np.unique(array)
-    if np.isin(values, (0, 1)).all():
-        return array.astype(np.uint8)
-    if np.isin(values, (0, 255)).all():
-        return (array == 255).astype(np.uint8)
-    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise DataError(f"{path}: not a binary mask (values {shown}; expected {{0,1}} or {{0,255}})")
-
-
 def normalise(volume: np.ndarray) -> np.ndarray:
     """Per-case robust scaling: float32 [Z,Y,X] mapped so the 0.5/99.5 percentiles go to 0/1, then clipped."""
     lo, hi = np.percentile(volume, PERCENTILES)
@@ -210,7 +201,7 @@ def _load_case(case: Case, crop: int) -> tuple[np.ndarray, np.ndarray]:
     for path in case.annotations:
         annotation, array = _read(path)
         _check_geometry(image, annotation, path, case.image)
-        masks.append(center_crop(_binary(array, path), crop))
+        masks.append(center_crop(binary_mask(array, path), crop))
     return center_crop(normalise(volume), crop), np.stack(masks, axis=1)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import DataError
 from .prostate import EXTENSIONS, PERCENTILES, GEOMETRY_TOL, center_crop, normalise
 from .prostate import _read as read_volume
+from .masks import binary_mask
 from .types import MultiGraderSet
 
 _SEG = re.compile(r"^task(\d+)_seg(\d+)(\.nii\.gz|\.mhd|\.mha|\.nii|\.nrrd)$", re.IGNORECASE)
@@ -59,19 +60,6 @@ def task_slug(task: str) -> str:
     """A folder-safe name: ``brain-growth`` for sub-task 1, ``brain-tumor-2`` for ``brain-tumor:2``."""
     name, sub = parse_task(task)
     return name if sub == 1 else f"{name}-{sub}"
-
-
-def binarize_mask(array: np.ndarray, path: Path) -> np.ndarray:
-    """uint8 {0,1} from a mask stored as {0,1}, {0,255} or probabilities in [0,1] (> 0.5 is foreground)."""
-    values = np.unique(array)
-    if np.isin(values, (0, 1)).all():
-        return array.astype(np.uint8)
-    if np.isin(values, (0, 255)).all():
-        return (array == 255).astype(np.uint8)
-    if values.min() >= 0 and values.max() <= 1:
-        return (array > 0.5).astype(np.uint8)
-    shown = ", ".join(f"{v:.4g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    raise DataError(f"{path}: not a mask (values {shown}; expected {{0,1}}, {{0,255}} or probabilities in [0,1])")
 
 
 def _case_files(folder: Path, subtask: int) -> tuple[Path | None, dict[int, Path], set[int]]:
@@ -140,7 +128,7 @@ def load_qubiq(root: str | Path, task: str, crop: int = 128, keep_empty: bool = 
             if (which := _geometry_differs(image, mask_image)) is not None:
                 warnings.warn(f"{path}: {which} differs from {image_path.name}; using the image's grid", stacklevel=2)
                 counts["header_mismatches"] += 1
-            case_masks.append(center_crop(binarize_mask(array, path), crop))
+            case_masks.append(center_crop(binary_mask(array, path, probabilities=True), crop))
         stack = np.stack(case_masks, axis=1)  # [Z, R, crop, crop]
         keep = np.ones(len(stack), bool) if keep_empty else stack.reshape(len(stack), -1).any(axis=1)
         counts["slices_total"] += len(stack)
