@@ -66,12 +66,17 @@ def _int8_gram_works() -> bool:
 _INT8_GRAM_ON_CPU = _int8_gram_works()
 
 
+def _gram_pair(a: Tensor, b: Tensor) -> Tensor:
+    """Intersections a @ b^T of int8 {0,1} masks a [S,P], b [T,P] (P a multiple of 8); int32 [S,T]."""
+    return torch._int_mm(a, b.T)
+
+
 def _gram(x: Tensor) -> Tensor:
     """Intersections x @ x^T per image: x is [c,k,P] with {0,1} values, int8 (CPU) or float; returns [c,k,k]
     (int32 from int8, otherwise x's dtype). _int_mm has no batched form, so int8 goes image by image; P must be a
     multiple of 8 there (torch's CPU kernel gives wrong counts for P == 1, so callers pad)."""
     if x.dtype == torch.int8:
-        return torch.stack([torch._int_mm(xi, xi.T) for xi in x])
+        return torch.stack([_gram_pair(xi, xi) for xi in x])
     return _exact_matmul(x, x)
 
 
@@ -86,11 +91,6 @@ def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
     a = _as_bool(a).to(dtype)
     b = _as_bool(b).to(dtype)
     return _distances_from_gram(_exact_matmul(a, b), a.sum(-1), b.sum(-1))
-
-
-def _gram_pair(a: Tensor, b: Tensor) -> Tensor:
-    """Intersections a @ b^T of int8 {0,1} masks a [S,P], b [T,P] (P a multiple of 8); int32 [S,T]."""
-    return torch._int_mm(a, b.T)
 
 
 def _terms_from_grams(gss: Tensor, gsy: Tensor, gyy: Tensor) -> Tensor:
@@ -208,8 +208,9 @@ def ged_terms(samples: Tensor, annotations: Tensor, chunk: int = 32) -> GedTerms
     # Runs whose union covers most of the image gain little from compaction and would pay for the gather: with int8
     # counts they multiply zero-copy int8 views of the inputs instead (pixels % 8 == 0 for the int8 kernel).
     whole_ok = dtype == torch.int8 and pixels % 8 == 0
-    whole = [(a, b) for a, b in runs if whole_ok and 2 * widths[b - 1] * per_unit > pixels]
-    compact = [run for run in runs if run not in whole]
+    whole, compact = [], []
+    for run in runs:
+        (whole if whole_ok and 2 * widths[run[1] - 1] * per_unit > pixels else compact).append(run)
     s_i8 = s_units.view(torch.int8).view(n, s, pixels)  # the bool bytes as int8 {0,1}: no copy
     y_i8 = y_units.view(torch.int8).view(n, d, pixels)
     for start, stop in whole:

@@ -52,7 +52,7 @@ from .errors import SupuqError
 from .evaluate import predict_samples
 from .predict_io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
                          stacked_like, write_maps)
-from .predict_tiles import BLEND_SIGMA, MapBlender, Window, blend_weights, centre_window, tile_windows  # noqa: F401
+from .predict_tiles import BLEND_SIGMA, MapBlender, blend_weights, centre_window, tile_windows
 from .sampling import binarize, decompose
 
 MAPS = ("pm", "aleatoric", "epistemic", "total", "consensus")

@@ -101,11 +101,9 @@ class MapBlender:
             self.sums[name][z, win.src_y, win.src_x] += w * value[win.dst_y, win.dst_x]
         self.total_weight[z, win.src_y, win.src_x] += w
         if self.kept is not None and samples is not None:
-            best = self.best[z, win.src_y, win.src_x]
+            best = self.best[z, win.src_y, win.src_x]  # views: writing them writes the blender's arrays
             wins = w > best  # where this tile is the most central so far
-            region = self.kept[:, z, win.src_y, win.src_x]
-            region[:, wins] = samples[:, win.dst_y, win.dst_x][:, wins]
-            self.kept[:, z, win.src_y, win.src_x] = region
+            self.kept[:, z, win.src_y, win.src_x][:, wins] = samples[:, win.dst_y, win.dst_x][:, wins]
             best[wins] = w[wins]
 
     def maps(self) -> dict[str, np.ndarray]:
