@@ -272,7 +272,7 @@ def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any
         return out
     import ray
 
-    from .tune import connect_ray
+    from .ray_cluster import connect_ray
 
     started_here = connect_ray(None)  # the sweep's own start-up: same settings, same one-line errors
     try:
