@@ -43,6 +43,7 @@ import yaml
 from supuq import tracking
 
 from .conftest import ROOT, TINY_OVERRIDES
+from .processes import kill_processes_with_env
 
 CLUSTER = ROOT / "cluster"
 BUCKET = "supuq-test"
@@ -86,21 +87,6 @@ def stop_group(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
-
-
-def processes_with_env(marker: bytes) -> list[int]:
-    """Pids of processes whose initial environment contains `marker` (e.g. b"RAY_AUTH_TOKEN=<token>")."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if marker + b"\0" in handle.read() + b"\0":
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
 
 
 def raylet_of(pgid: int) -> tuple[int, str] | None:
@@ -225,16 +211,7 @@ def stack():
         for role in ("worker", "head"):
             stop_group(procs.get(role), timeout=5)
         # Ray workers (trial actors) run in process groups of their own; they carry this module's token.
-        for _ in range(3):
-            pids = processes_with_env(f"RAY_AUTH_TOKEN={token}".encode())
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.5)
+        kill_processes_with_env(f"RAY_AUTH_TOKEN={token}".encode(), timeout=3)
         if procs.get("mlflow"):
             tracking.stop_server(procs["mlflow"])
         stop_group(procs.get("moto"), timeout=5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from supuq.sweep_space import load_space
 from supuq.tune import SweepOptions, run_sweep
 
 from .conftest import ROOT, TINY_OVERRIDES
+from .processes import kill_processes_with_env
 
 runner = CliRunner()
 
@@ -138,43 +140,58 @@ def test_nan_trial_fails_alone(tmp_path, monkeypatch, ray_session):
 
 
 def test_resume_after_sigkill_of_the_driver(tmp_path):
+    """SIGKILL the driver and every process of the local Ray it started (as a crashed machine would) while the
+    sweep is half done, then `--resume`: each trial ends with exactly one child run, all FINISHED."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = write_space(tmp_path, num_samples=3)
     data = yaml.safe_load(space.read_text())
     data["max_concurrent"] = 1
     data["scheduler"] = {"type": "none"}
     space.write_text(yaml.safe_dump(data))
-    overrides = [x for o in TINY_OVERRIDES + ["train.epochs=3"] for x in ("--set", o)]
+    # 8 epochs (a checkpoint each) make a trial last a few polls, so the kill lands between trials or inside one.
+    overrides = [x for o in TINY_OVERRIDES + ["train.epochs=8"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "supuq.cli", "sweep", "--dataset", "synthetic", "--config",
            str(ROOT / "configs/synthetic.yaml"), "--space", str(space), "--storage", str(tmp_path / "rr"),
            "--tracking-uri", uri, "--name", "killed", *overrides]
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # Ray's workers leave the driver's process group; this marker in their inherited environment finds them.
+    marker = f"SUPUQ_TEST_KILL={secrets.token_hex(8)}"
+    env = {**os.environ, "RAY_ADDRESS": "", marker.split("=")[0]: marker.split("=")[1]}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
     state = tmp_path / "rr" / "killed" / "supuq_sweep.json"
+    at_kill: list[tuple[str, str]] = []
     try:
         deadline = time.time() + 240
-        finished = 0
-        while time.time() < deadline and finished < 1 and driver.poll() is None:
-            time.sleep(2)
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.25)
             if state.is_file():  # written after the driver created the store: polling earlier could race it
                 parent = json.loads(state.read_text())["parent_run_id"]
-                finished = sum(r.info.status == "FINISHED" for r in children(uri, parent))
-        assert finished >= 1, "no trial finished in time: " + (tmp_path / "driver.log").read_text()[-3000:]
+                at_kill = [(r.data.tags.get("supuq.trial_id", ""), r.info.status) for r in children(uri, parent)]
+                if any(status == "FINISHED" for _, status in at_kill):
+                    break
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver, and the raylet and GCS it started
         driver.wait()
+        kill_processes_with_env(marker.encode())  # the trial workers
+    logged = (tmp_path / "driver.log").read_text()[-3000:]
+    finished_at_kill = sum(status == "FINISHED" for _, status in at_kill)
+    assert 1 <= finished_at_kill < 3, f"the kill should land mid-sweep, children were {at_kill}: {logged}"
     resumed = subprocess.run(
         [sys.executable, "-m", "supuq.cli", "sweep", "--resume", "killed", "--storage", str(tmp_path / "rr"),
          "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
     )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    kill_processes_with_env(marker.encode())  # nothing should be left; never leave a stray worker behind
+    said = resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert resumed.returncode == 0, said
     parents = tracking.search_runs(uri, None, "tags.`supuq.kind` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     runs = children(uri, parents[0].info.run_id)
+    described = [(r.data.tags["supuq.trial_id"], r.info.status, r.data.tags.get("supuq.stop_reason")) for r in runs]
     trial_ids = [r.data.tags["supuq.trial_id"] for r in runs]
-    assert len(runs) == 3 and len(set(trial_ids)) == 3, [(r.info.run_name, r.data.tags["supuq.trial_id"], r.info.status, r.data.tags.get("supuq.stop_reason")) for r in runs]  # one child per trial, no duplicates
-    assert all(r.info.status == "FINISHED" for r in runs)
+    # one child per trial, no duplicates, every one complete
+    assert len(runs) == 3 and len(set(trial_ids)) == 3, (described, at_kill, said)
+    assert all(r.info.status == "FINISHED" for r in runs), (described, at_kill, said)
+    assert all(r.data.metrics.get("val/ged") is not None for r in runs)
 
 
 @pytest.mark.parametrize(
