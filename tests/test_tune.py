@@ -154,8 +154,9 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
            str(ROOT / "configs/synthetic.yaml"), "--space", str(space), "--storage", str(tmp_path / "rr"),
            "--tracking-uri", uri, "--name", "killed", *overrides]
     # Ray's workers leave the driver's process group; this marker in their inherited environment finds them.
-    marker = f"SUPUQ_TEST_KILL={secrets.token_hex(8)}"
-    env = {**os.environ, "RAY_ADDRESS": "", marker.split("=")[0]: marker.split("=")[1]}
+    token = secrets.token_hex(8)
+    marker = f"SUPUQ_TEST_KILL={token}"
+    env = {**os.environ, "RAY_ADDRESS": "", "SUPUQ_TEST_KILL": token}
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
     state = tmp_path / "rr" / "killed" / "supuq_sweep.json"
