@@ -16,7 +16,6 @@ Usage: python bench/augment.py [--quick] [--no-record]
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -113,11 +112,7 @@ def displacement_check(size=128, b=16):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="128x128 step at batch 8 (share estimated at that batch)")
-    benchlib.add_common_args(p)
-    args = p.parse_args(argv)
-    benchlib.apply_common_args(args)
+    args = benchlib.parse(benchlib.parser(__doc__, "128x128 step at batch 8 (share estimated at that batch)"), argv)
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
     cases = [
         ("128x128 paper model", ModelConfig(), LossConfig(), 8 if args.quick else 32, 128, 2, 0),

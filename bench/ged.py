@@ -13,7 +13,6 @@ Usage: python bench/ged.py [--quick] [--no-record]
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -145,11 +144,7 @@ def memory_rows(samples, annotations, sizes):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="N=64, fewer repetitions, memory at N=50,200")
-    benchlib.add_common_args(p)
-    args = p.parse_args(argv)
-    benchlib.apply_common_args(args)
+    args = benchlib.parse(benchlib.parser(__doc__, "N=64, fewer repetitions, memory at N=50,200"), argv)
     n = 64 if args.quick else 200
     reps = 3 if args.quick else 5
 

@@ -13,7 +13,6 @@ Usage: python bench/sample.py [--quick] [--no-record]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
@@ -92,11 +91,7 @@ def bench_case(name, model_cfg, n, size, batch, reps):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="64 images at 64x64, 8 at 128x128")
-    benchlib.add_common_args(p)
-    args = p.parse_args(argv)
-    benchlib.apply_common_args(args)
+    args = benchlib.parse(benchlib.parser(__doc__, "64 images at 64x64, 8 at 128x128"), argv)
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
     cases = [
         ("64x64 synthetic model", syn.model, 64 if args.quick else 256, 64, 32, 3),

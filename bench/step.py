@@ -19,7 +19,6 @@ Usage: python bench/step.py [--quick] [--reps N] [--no-record]
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
@@ -32,7 +31,6 @@ import benchlib
 from supuq.config import LossConfig, ModelConfig, load_config
 from supuq.losses import LossTerms, kl_gaussians, reconstruction, supervised_aleatoric
 from supuq.models import ProbUNet
-from supuq.models.bayes import BayesConv2d
 from supuq.models.prob_unet import _rsample
 
 from benchlib.reference import fcomb_forward_conv2d
@@ -152,16 +150,13 @@ def bench_case(name, model_cfg, loss_cfg, b, size, reps, warmup, before_after=Fa
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="64x64 plus a batch-4 128x128 case (about a minute)")
+    p = benchlib.parser(__doc__, "64x64 plus a batch-4 128x128 case (about a minute)")
     p.add_argument("--reps", type=int, default=None, help="timed steps per contender (default 5 at 64, 2 at 128)")
-    benchlib.add_common_args(p)
     p.add_argument("--before-after", action="store_true",
                    help="also time ProbUNet.loss with the earlier conv2d Fcomb.forward (bench/benchlib/reference.py)")
     p.add_argument("--nchw", action="store_true",
                    help="contiguous NCHW weights instead of the channels_last that fit uses on the CPU")
-    args = p.parse_args(argv)
-    benchlib.apply_common_args(args)
+    args = benchlib.parse(p, argv)
     if args.nchw:
         global MEMORY_FORMAT
         MEMORY_FORMAT = torch.contiguous_format

@@ -23,7 +23,6 @@ Usage: python bench/sweep.py [--quick | --demo] [--trials N] [--epochs E] [--no-
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -95,12 +94,10 @@ def trial_seconds(path: str) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="2 epochs, 2 trials")
+    p = benchlib.parser(__doc__, "2 epochs, 2 trials")
     p.add_argument("--demo", action="store_true", help="the demo sweep's number of trials (6), one at a time")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="default: the demo config's own")
-    benchlib.add_common_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # as each trial does with resources cpu: 1
     demo_trials = int(yaml.safe_load((ROOT / "sweep" / "synthetic.yaml").read_text())["num_samples"])

@@ -6,6 +6,7 @@ as `python bench/<name>.py`, which puts bench/ first on sys.path, so `import ben
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import gc
 import os
@@ -41,6 +42,22 @@ def machine() -> str:
     if torch.cuda.is_available():
         parts.append(f"cuda {torch.cuda.get_device_name()}")
     return ", ".join(parts)
+
+
+def parser(doc: str, quick_help: str) -> argparse.ArgumentParser:
+    """A benchmark script's argument parser: its docstring's first line, --quick (what it means differs by
+    script: `quick_help`) and the common --threads / --no-record / --mmap-threshold."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    add_common_args(p)
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse the command line and apply the common arguments (threads, allocator)."""
+    args = p.parse_args(argv)
+    apply_common_args(args)
+    return args
 
 
 def add_common_args(parser) -> None:
