@@ -31,15 +31,16 @@ def piece_size(x: Tensor, channels: int) -> int:
     return max(1, CPU_PIECE_ELEMENTS // (channels * x.shape[-2] * x.shape[-1]))
 
 
-def in_pieces(fn: Callable[[Tensor], Out], x: Tensor, size: int) -> Out:
-    """fn over x [N, ...] in consecutive pieces of `size` along dim 0, outputs concatenated along dim 0.
+def in_pieces(fn: Callable[..., Out], x: Tensor, size: int, *aligned: Tensor) -> Out:
+    """fn(x, *aligned) over x [N, ...] in consecutive pieces of `size` along dim 0, outputs concatenated along dim 0.
 
-    fn returns a tensor or a tuple of tensors, each with the piece's batch as its first dim. With size >= N this is
-    exactly fn(x); otherwise the same values (every op in the nets is per image), grouped into smaller calls.
+    aligned: further inputs with the same first dim N, cut into the same pieces as x. fn returns a tensor or a
+    tuple of tensors, each with the piece's batch as its first dim. With size >= N this is exactly
+    fn(x, *aligned); otherwise the same values (every op in the nets is per image), grouped into smaller calls.
     """
     if size >= x.shape[0]:
-        return fn(x)
-    outs = [fn(x[i : i + size]) for i in range(0, x.shape[0], size)]
+        return fn(x, *aligned)
+    outs = [fn(x[i : i + size], *(a[i : i + size] for a in aligned)) for i in range(0, x.shape[0], size)]
     if isinstance(outs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outs))
     return torch.cat(outs)

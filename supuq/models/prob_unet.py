@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from ..config import LossConfig, ModelConfig
 from ..losses import LossTerms, kl_gaussians, l2_penalty, reconstruction, supervised_aleatoric
 from .bayes import BayesConv2d
-from . import pieces
 from .pieces import in_pieces, piece_size
 from .unet import Encoder, UNet
 
@@ -202,9 +201,5 @@ class ProbUNet(nn.Module):
         # hundreds of MB, which the CPU allocator takes fresh from the OS (page faults) on every call, while
         # pieces of ~8 MB are reused from the heap: 3x faster at 64x64 (bench/sample.py), same numbers.
         # The CUDA caching allocator reuses memory anyway, so there all maps go in one call.
-        step = feats.shape[0]
-        if feats.device.type == "cpu":
-            step = max(1, pieces.CPU_PIECE_ELEMENTS // (feats[0].numel() * k))
-        parts = [self.fcomb(feats[i : i + step], z[i : i + step]) for i in range(0, feats.shape[0], step)]
-        logits = parts[0] if len(parts) == 1 else torch.cat(parts)  # [B*M, K, H, W]
+        logits = in_pieces(self.fcomb, feats, piece_size(feats, feats.shape[1] * k), z)  # [B*M, K, H, W]
         return logits.reshape(b, m, k, *logits.shape[-2:])
