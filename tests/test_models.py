@@ -275,8 +275,9 @@ def test_loss_rejects_nonpositive_n_train(batch):
 
 
 def test_cpu_pieces_give_the_same_nets_as_one_call(monkeypatch):
-    """On the CPU the U-Net and latent nets run large batches in pieces (models/pieces.py); the values must be
-    those of one call, including explicit weight samples, which must be shared by every piece."""
+    """On the CPU the U-Net, the latent nets and the fcomb decoding of samples run large batches in pieces
+    (models/pieces.py); the values must be those of one call, including explicit weight samples, which must be
+    shared by every piece."""
     from supuq.models import pieces
 
     torch.manual_seed(0)
@@ -286,10 +287,16 @@ def test_cpu_pieces_give_the_same_nets_as_one_call(monkeypatch):
     with torch.no_grad():
         torch.manual_seed(1)
         whole = (model.unet(x), model.unet(x, draws=3, shared_weights=True), model.posterior(pairs))
+        torch.manual_seed(2)
+        whole_samples = model.sample(x, weight_samples=2, latent_samples=4)
         monkeypatch.setattr(pieces, "CPU_PIECE_ELEMENTS", 2 * FILTERS[0] * H * H)  # 2 images per piece
         assert pieces.piece_size(x, FILTERS[0]) == 2
         torch.manual_seed(1)
         split = (model.unet(x), model.unet(x, draws=3, shared_weights=True), model.posterior(pairs))
+        torch.manual_seed(2)
+        split_samples = model.sample(x, weight_samples=2, latent_samples=4)  # fcomb decodes one map per piece
+    torch.testing.assert_close(split_samples, whole_samples)
+    assert split_samples.shape == (5, 2, 4, H, H)
     torch.testing.assert_close(split[0], whole[0])
     torch.testing.assert_close(split[1], whole[1])  # same 3 weight samples in every piece
     for a, b in zip(split[2], whole[2]):
