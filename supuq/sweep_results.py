@@ -72,7 +72,7 @@ class TrialProgress(Callback):
         self._show(advance=1)
 
 
-def summarize_trials(grid, space: SweepSpace, max_epochs: int) -> list[dict[str, Any]]:
+def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
     """One dict per trial: id, status (TERMINATED/ERROR/...), params, last metrics, epochs reached, node."""
     rows = []
     for result in grid:

@@ -38,7 +38,6 @@ from .mlflow_server import serve_ui, stop_server, wait_for_health  # re-exported
 
 if TYPE_CHECKING:  # mlflow takes ~1 s to import: only load it when tracking is actually used
     from mlflow import MlflowClient
-    from mlflow.entities import Run
 
     from .config import Config
 

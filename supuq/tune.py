@@ -353,7 +353,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     ),
                 )
             grid = tuner.fit()
-            trials = summarize_trials(grid, space, max_epochs)
+            trials = summarize_trials(grid, space)
             complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
             stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
             best = pick_best(trials, space, max_epochs)
