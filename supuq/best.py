@@ -72,10 +72,14 @@ def find_sweep(uri: str, dataset: str | None, sweep: str | None):
 
 
 def best_trial(uri: str, dataset: str | None, sweep: str | None, metric: str = "val/ged", mode: str = "min") -> BestTrial:
-    """The child trial with the best final value of `metric` (NaN never wins)."""
+    """The child trial with the best final value of `metric` (NaN never wins) of the sweep `find_sweep` names."""
+    return best_of_sweep(uri, find_sweep(uri, dataset, sweep), metric, mode)
+
+
+def best_of_sweep(uri: str, parent, metric: str = "val/ged", mode: str = "min") -> BestTrial:
+    """The child trial of the sweep parent run `parent` with the best final value of `metric` (NaN never wins)."""
     from . import tracking
 
-    parent = find_sweep(uri, dataset, sweep)
     scored = []
     for run in tracking.child_runs(uri, parent.info.run_id):
         value = run.data.metrics.get(metric)
@@ -152,10 +156,9 @@ def pareto_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]] | Non
     return [full[i] for i in front]
 
 
-def pick_pareto(uri: str, dataset: str | None, sweep: str | None, pick: int) -> BestTrial:
-    """The `pick`-th (1-based, lowest GED first) Pareto-optimal trial of a sweep, as a `BestTrial`."""
-    parent = find_sweep(uri, dataset, sweep)
-    front = pareto_trials(uri, parent.info.run_id)
+def pick_pareto(parent, front: list[dict[str, Any]], pick: int) -> BestTrial:
+    """The `pick`-th (1-based, lowest GED first) of the Pareto-optimal trials `front` (`pareto_trials`) of the
+    sweep parent run `parent`, as a `BestTrial`."""
     if not front:
         raise SupuqError(f"sweep {parent.info.run_name!r} has no trial with a val/ged value")
     if not 1 <= pick <= len(front):

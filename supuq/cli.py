@@ -217,7 +217,7 @@ def best(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
-    from .best import best_trial, find_sweep, pick_pareto, retrain as run_retrain, sweep_objective
+    from .best import best_of_sweep, best_trial, find_sweep, pick_pareto, retrain as run_retrain, sweep_objective
     from .sweep_space import OBJECTIVES
     from .tracking import resolve_tracking_uri
 
@@ -236,10 +236,10 @@ def best(
             if retrain:
                 raise SupuqError(f"--objective both: choose the trial to retrain with --pick N (1..{len(front)})")
             return
-        found = pick_pareto(uri, dataset, parent.info.run_id, pick)
+        found = pick_pareto(parent, front, pick)
     else:
         metric, mode = OBJECTIVES.get(objective, OBJECTIVES["ged"])
-        found = best_trial(uri, dataset, parent.info.run_id, metric, mode)
+        found = best_of_sweep(uri, parent, metric, mode)
     console.print(f"best trial of sweep {found.sweep_name}: {found.trial_name} ({found.metric} = {found.value:.4f}, run {found.run_id})")
     flat = found.config.flat()
     for key in ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr"):
