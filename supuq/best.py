@@ -334,7 +334,8 @@ def common_subset_ncc(results: list[dict[str, Any]]) -> dict[str, dict[str, floa
     return out
 
 
-def _pm(stats: dict[str, float], key: str, digits: int = 4) -> str:
+def mean_pm(stats: dict[str, float], key: str, digits: int = 4) -> str:
+    """`<key>_mean ± <key>_std` from an `aggregate` summary, or n/a where the key has no finite value."""
     if f"{key}_mean" not in stats:
         return "n/a"
     return f"{stats[f'{key}_mean']:.{digits}f} ± {stats[f'{key}_std']:.{digits}f}"
@@ -352,8 +353,8 @@ def results_table(dataset: str, summary: dict[str, dict[str, float]], seeds: int
         "|---|---|---|---|",
     ]
     for method, stats in summary.items():
-        lines.append(f"| {METHOD_LABELS.get(method, method)} | {_pm(stats, 'ged')} | {_pm(stats, 'dist_sy')} | "
-                     f"{_pm(stats, 'diversity')} |")
+        lines.append(f"| {METHOD_LABELS.get(method, method)} | {mean_pm(stats, 'ged')} | {mean_pm(stats, 'dist_sy')} | "
+                     f"{mean_pm(stats, 'diversity')} |")
     lines += [
         "",
         "## Table 3: NCC of predicted aleatoric vs grader variance (higher is better)",
@@ -365,8 +366,8 @@ def results_table(dataset: str, summary: dict[str, dict[str, float]], seeds: int
         shared = (common or {}).get(method)
         shared_text = f"{shared['mean']:.3f} ± {shared['std']:.3f} ({shared['images']:.0f} img)" if shared else "n/a"
         lines.append(
-            f"| {METHOD_LABELS.get(method, method)} | {_pm(stats, 'ncc', 3)} | {_pm(stats, 'ncc_excluded', 1)} | "
-            f"{shared_text} | {_pm(stats, 'ncc_true', 3)} | {_pm(stats, 'ece', 4)} |"
+            f"| {METHOD_LABELS.get(method, method)} | {mean_pm(stats, 'ncc', 3)} | {mean_pm(stats, 'ncc_excluded', 1)} | "
+            f"{shared_text} | {mean_pm(stats, 'ncc_true', 3)} | {mean_pm(stats, 'ece', 4)} |"
         )
     lines += ["", "GED: generalized energy distance with d = 1 - IoU (V-statistic); NCC: mean over images where "
               "both maps vary; excluded images have a constant map. E d(S,Y) and diversity are shown because GED "

@@ -209,6 +209,8 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
 
 
 def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary: dict, common: dict) -> list[str]:
+    from .best import mean_pm
+
     family = DATASET_FAMILY.get(dataset)
     published = PUBLISHED.get(family) if family else None
 
@@ -218,8 +220,8 @@ def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary
 
     out = [f"<h2>Table 2: GED on {html.escape(dataset)} (lower is better)</h2>"]
     head = ["method", "GED", "E d(S,Y)", "diversity E d(S,S')"]
-    rows = [[label[m], _pm(summary.get(m, {}), "ged", 4), _pm(summary.get(m, {}), "dist_sy", 4),
-             _pm(summary.get(m, {}), "diversity", 4)] for m in methods]
+    rows = [[label[m], mean_pm(summary.get(m, {}), "ged", 4), mean_pm(summary.get(m, {}), "dist_sy", 4),
+             mean_pm(summary.get(m, {}), "diversity", 4)] for m in methods]
     if published is not None:
         head.append(PUBLISHED_LABEL)
         for row, m in zip(rows, methods):
@@ -234,8 +236,8 @@ def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary
         shared_text = (f"{shared['mean']:.3f} ± {shared['std']:.3f} ({shared['images']:.0f} img)"
                        if shared and shared.get("mean") is not None and math.isfinite(shared["mean"]) else "n/a")
         stats = summary.get(m, {})
-        rows.append([label[m], _pm(stats, "ncc", 3), _pm(stats, "ncc_excluded", 1), shared_text,
-                     _pm(stats, "ncc_true", 3), _pm(stats, "ece", 4)])
+        rows.append([label[m], mean_pm(stats, "ncc", 3), mean_pm(stats, "ncc_excluded", 1), shared_text,
+                     mean_pm(stats, "ncc_true", 3), mean_pm(stats, "ece", 4)])
     if published is not None:
         head.append(PUBLISHED_LABEL)
         for row, m in zip(rows, methods):
@@ -431,12 +433,6 @@ def _artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
 def _json_artifact(uri: str, run_id: str, path: str, dst: Path) -> dict | None:
     local = _artifact(uri, run_id, path, dst)
     return json.loads(local.read_text()) if local else None
-
-
-def _pm(stats: dict[str, float], key: str, digits: int) -> str:
-    if f"{key}_mean" not in stats:
-        return "n/a"
-    return f"{stats[f'{key}_mean']:.{digits}f} ± {stats[f'{key}_std']:.{digits}f}"
 
 
 def _num(value: float | None, digits: int) -> str:
