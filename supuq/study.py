@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .best import METHOD_LABELS
+from .best import METHOD_LABELS, mean_pm
 from .errors import SupuqError
 
 METHODS = ("supervised", "kohl", "kendall_gal")
@@ -41,15 +41,6 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
     if better < -2 * se:
         return "not reproduced (reversed)", diff, se
     return "inconclusive", diff, se
-
-
-def _pm(values: list[float], digits: int = 4) -> str:
-    arr = np.asarray(values, float)
-    arr = arr[np.isfinite(arr)]
-    if not len(arr):
-        return "n/a"
-    std = arr.std(ddof=1) if len(arr) > 1 else 0.0
-    return f"{arr.mean():.{digits}f} ± {std:.{digits}f}"
 
 
 def _learning_curves(uri: str, sweeps: dict[str, str], dataset: str, out_png: Path) -> list[str]:
@@ -101,6 +92,7 @@ def write_results(
         results = json.loads(tracking.download_artifact(uri, retrain_run_id, "results.json", tmp).read_text())
         config_text = tracking.download_artifact(uri, retrain_run_id, "best_config.yaml", tmp).read_text()
     per_seed: dict[str, list[dict[str, float]]] = results["per_seed"]
+    summary: dict[str, dict[str, float]] = results["summary"]  # best.aggregate of per_seed: mean ± std per key
     common = results.get("ncc_common", {})
     methods = [m for m in METHODS if m in per_seed]
     seeds = max(len(v) for v in per_seed.values())
@@ -122,17 +114,19 @@ def write_results(
     lines += ["", "## Table 2 style: GED and its parts (lower GED is better)", "",
               "| method | GED | E d(S,Y) | diversity E d(S,S') | Brier (p_m vs p_g) | ECE |", "|---|---|---|---|---|---|"]
     for m in methods:
-        lines.append(f"| {METHOD_LABELS[m]} | {_pm(col(m, 'ged'))} | {_pm(col(m, 'dist_sy'))} | "
-                     f"{_pm(col(m, 'diversity'))} | {_pm(col(m, 'brier'), 5)} | {_pm(col(m, 'ece'), 4)} |")
+        cells = [mean_pm(summary[m], key, digits)
+                 for key, digits in (("ged", 4), ("dist_sy", 4), ("diversity", 4), ("brier", 5), ("ece", 4))]
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", "## Table 3 style: NCC of the predicted aleatoric map (higher is better)", "",
               "| method | NCC vs grader variance | images excluded | NCC, images defined for every method | "
               "NCC vs true variance p*(1-p*) | mean aleatoric | mean epistemic |", "|---|---|---|---|---|---|---|"]
     for m in methods:
         shared = common.get(m)
         shared_text = f"{shared['mean']:.3f} ± {shared['std']:.3f} ({shared['images']:.0f} images)" if shared else "n/a"
-        lines.append(f"| {METHOD_LABELS[m]} | {_pm(col(m, 'ncc'), 3)} | {_pm(col(m, 'ncc_excluded'), 1)} | "
-                     f"{shared_text} | {_pm(col(m, 'ncc_true'), 3)} | {_pm(col(m, 'aleatoric'), 5)} | "
-                     f"{_pm(col(m, 'epistemic'), 6)} |")
+        stats = summary[m]
+        cells = [mean_pm(stats, "ncc", 3), mean_pm(stats, "ncc_excluded", 1), shared_text,
+                 mean_pm(stats, "ncc_true", 3), mean_pm(stats, "aleatoric", 5), mean_pm(stats, "epistemic", 6)]
+        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
     lines += ["", "Published values (Hu et al. 2019, Tables 2-3) are on LIDC-IDRI and MICCAI2012, not on this "
               "synthetic data; they are not repeated here (see the paper) and are not comparable with these numbers.",
               "", "## The three claims", "",
@@ -153,7 +147,7 @@ def write_results(
                 claims.append((f"(iii) {SHORT[m]} has higher NCC than Kendall & Gal", m, "kendall_gal", "ncc", False))
     for text, a, b, key, lower in claims:
         verdict, diff, se = compare(col(a, key), col(b, key), lower)
-        lines.append(f"- {text}: **{verdict}** ({key}: {_pm(col(a, key))} vs {_pm(col(b, key))}; "
+        lines.append(f"- {text}: **{verdict}** ({key}: {mean_pm(summary[a], key)} vs {mean_pm(summary[b], key)}; "
                      f"difference {diff:+.4f}, standard error {se:.4f})")
 
     lines += ["", "## Learning curves", ""]
