@@ -17,16 +17,8 @@ import torch
 
 from .data.types import MultiGraderSet
 from .evaluate import predict_samples
+from .report_figures import pyplot
 from .sampling import binarize, decompose, grader_variance
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def uncertainty_figure(
@@ -40,7 +32,7 @@ def uncertainty_figure(
     title: str = "",
 ) -> Path:
     """One block of three rows per image in `indices`; returns the PNG path."""
-    plt = _plt()
+    plt = pyplot()
     device = next(model.parameters()).device
     if not getattr(model, "has_weight_noise", False):
         weight_samples, latent_samples = 1, weight_samples * latent_samples
@@ -89,7 +81,7 @@ def uncertainty_figure(
 
 def curves_figure(history: list[dict[str, float]], out: str | Path, title: str = "") -> Path:
     """Loss terms (log scale) and validation metrics against epoch."""
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [row["epoch"] for row in history]
     for key in ("train/total", "train/recon", "train/kl_z", "train/kl_w", "train/supervised"):
@@ -115,7 +107,7 @@ def curves_figure(history: list[dict[str, float]], out: str | Path, title: str =
 
 def reliability_figure(tables: dict[str, dict], out: str | Path) -> Path:
     """Reliability diagram: for each method name -> EvalResult.reliability table (+ "ece")."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="perfect")
     for name, table in tables.items():
@@ -136,5 +128,5 @@ def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    _plt().close(fig)
+    pyplot().close(fig)
     return out

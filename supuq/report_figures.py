@@ -17,7 +17,7 @@ STATUS_COLOURS = {"ran all epochs": "#2a9d8f", "stopped early by ASHA": "#f4a261
 
 
 def scatter_figure(rows: list[dict], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ok = [r for r in rows if math.isfinite(r["metrics"].get("val/ged", math.nan))]
     finite_ncc = [r["metrics"]["val/ncc"] for r in ok if math.isfinite(r["metrics"].get("val/ncc", math.nan))]
@@ -55,7 +55,7 @@ def scatter_figure(rows: list[dict], out: Path) -> Path:
 
 
 def params_figure(rows: list[dict], searched: dict[str, dict], out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     keys = list(searched)
     cols = min(3, max(1, len(keys)))
     nrows = math.ceil(len(keys) / cols)
@@ -93,7 +93,7 @@ def params_figure(rows: list[dict], searched: dict[str, dict], out: Path) -> Pat
 
 
 def epochs_figure(rows: list[dict], max_epochs: int, out: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(rows) + 2), 3.4))
     names = [r["trial_id"] or r["name"] for r in rows]
     ax.bar(range(len(rows)), [r["epochs"] for r in rows], color=[STATUS_COLOURS[r["outcome"]] for r in rows])
@@ -116,7 +116,8 @@ def as_float(value: Any) -> float | None:
         return None
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported only when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,5 +129,5 @@ def _plt():
 def _save(fig, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    _plt().close(fig)
+    pyplot().close(fig)
     return out

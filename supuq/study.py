@@ -45,12 +45,10 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
 
 def _learning_curves(uri: str, sweeps: dict[str, str], dataset: str, out_png: Path) -> list[str]:
     """Validation GED per epoch of each method's best sweep trial; returns notes on where curves come from."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from . import tracking
+    from .report_figures import pyplot
+
+    plt = pyplot()
     from .best import best_trial
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
