@@ -167,10 +167,10 @@ def sweep(
     ),
 ) -> None:
     """Search beta, gamma, the weight-noise prior and lr with Ray Tune + Optuna (TPE) + ASHA; every trial in MLflow."""
+    from .sweep_space import check_objective
     from .tune import SweepInterrupted, SweepOptions, run_sweep
 
-    if objective is not None and objective not in ("ged", "ncc", "both"):
-        raise SupuqError(f"--objective must be ged, ncc or both, got {objective!r}")
+    check_objective(objective)
     opts = SweepOptions(dataset, config, space, samples, concurrent, list(set_), gpus_per_trial, cpus_per_trial,
                         address, storage, tracking_uri, name, resume, objective=objective,
                         wait_for_resources=wait_for_resources)
@@ -218,13 +218,12 @@ def best(
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
     from .best import best_of_sweep, best_trial, find_sweep, pick_pareto, retrain as run_retrain, sweep_objective
-    from .sweep_space import OBJECTIVES
+    from .sweep_space import OBJECTIVES, check_objective
     from .tracking import resolve_tracking_uri
 
     if seeds < 1 or samples < 2:
         raise SupuqError("--seeds must be >= 1 and --samples >= 2")
-    if objective is not None and objective not in ("ged", "ncc", "both"):
-        raise SupuqError(f"--objective must be ged, ncc or both, got {objective!r}")
+    check_objective(objective)
     uri = resolve_tracking_uri(tracking_uri)
     parent = find_sweep(uri, dataset, sweep)
     objective = objective or sweep_objective(parent)

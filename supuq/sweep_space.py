@@ -190,6 +190,12 @@ def default_space_path(dataset: str) -> Path:
     raise ConfigError(f"no search space for dataset {dataset!r} (looked for sweep/{name}.yaml)")
 
 
+def check_objective(objective: str | None) -> None:
+    """`--objective` is ged, ncc or both (None: the space file's or sweep's own), else a one-line error."""
+    if objective is not None and objective != "both" and objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be ged, ncc or both, got {objective!r}")
+
+
 def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
     """Search-space fields for `supuq sweep --objective ged|ncc|both`.
 
@@ -205,7 +211,6 @@ def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
             "objectives": [{"metric": m, "mode": d} for m, d in (OBJECTIVES["ged"], OBJECTIVES["ncc"])],
             "scheduler": {**space.scheduler.model_dump(mode="json"), "type": "none"},
         }
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective must be ged, ncc or both, got {objective!r}")
+    check_objective(objective)
     metric, mode = OBJECTIVES[objective]
     return {"metric": metric, "mode": mode, "objectives": None}
