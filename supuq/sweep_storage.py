@@ -2,14 +2,14 @@
 files in it (`supuq_sweep.json`, `best.yaml`), read and written through pyarrow so S3 works as local paths do.
 
 For s3:// with $AWS_ENDPOINT_URL (an S3-compatible server) the filesystem is built explicitly with that
-endpoint; Ray then needs the same filesystem and the path inside it (`storage_filesystem`,
-`filesystem_and_path`).
+endpoint; Ray then needs the same filesystem and the path inside it (`ray_storage`).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def storage_root(storage: str | None) -> str:
@@ -35,11 +35,12 @@ def filesystem_and_path(path: str):
     return pyarrow.fs.FileSystem.from_uri(path)
 
 
-def storage_filesystem(storage: str):
-    """The filesystem Ray should use: explicit for s3:// with AWS_ENDPOINT_URL (S3-compatible servers)."""
+def ray_storage(storage: str) -> tuple[Any, str]:
+    """(filesystem, path) to hand Ray for `storage`: for s3:// with AWS_ENDPOINT_URL (S3-compatible servers) an
+    explicit filesystem and the path inside it (bucket/prefix), otherwise (None, storage) for Ray to resolve."""
     if storage.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
-        return filesystem_and_path(storage)[0]
-    return None
+        return filesystem_and_path(storage)
+    return None, storage
 
 
 def write_text(root: str, relative: str, text: str) -> None:

@@ -30,7 +30,7 @@ from .errors import ConfigError, SupuqError
 from .ray_cluster import check_resources, connect_ray, release_resources
 from .sweep_results import TRIAL_TAG, TrialProgress, finalize_child_runs, pick_best, summarize_trials
 from .sweep_space import SweepSpace, default_space_path, load_space, objective_changes
-from .sweep_storage import filesystem_and_path, read_text, storage_filesystem, storage_root, write_text
+from .sweep_storage import ray_storage, read_text, storage_root, write_text
 
 STATE_FILE = "supuq_sweep.json"
 
@@ -303,9 +303,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             ),
             {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
         )
-        fs = storage_filesystem(root)
         # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
-        ray_root = filesystem_and_path(root)[1] if fs is not None else root
+        fs, ray_root = ray_storage(root)
         progress = TrialProgress(space.num_samples, space.metric, space.mode) if console is not None else None
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
