@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from supuq.data.crops import bbox_center, crop_centered, hu_window
+from supuq.data.crops import bbox_center, crop_centered
+from supuq.data.preprocessing import hu_window
 from supuq.data.lidc import NO_ROOT_MESSAGE, _import_pylidc, configure_pylidcrc, load_lidc
 from supuq.data.lidc_files import load_toolbox
 from supuq.errors import DataError

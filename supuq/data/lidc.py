@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .crops import LUNG_WINDOW_HU, bbox_center, crop_centered, hu_window
+from .crops import bbox_center, crop_centered
+from .preprocessing import LUNG_WINDOW_HU, hu_window, hu_window_record
 from .types import MultiGraderSet
 
 ROOT_ENV = "SUPUQ_LIDC_ROOT"
@@ -439,8 +440,7 @@ def load_lidc(
         window=list(window),
         # What `supuq predict` must repeat: HU via each DICOM file's own RescaleSlope/Intercept (SimpleITK applies
         # them when reading a series), the lung window, the crop size.
-        preprocessing=dict(kind="hu_window", lo=float(window[0]), hi=float(window[1]), rescale="dicom",
-                           size=[crop, crop]),
+        preprocessing=hu_window_record(window, crop, rescale="dicom"),
         patch_rule="one patch per (nodule, slice) with a non-empty kept mask; crop centred on the bounding box "
         "of the union of the kept masks on that slice; first max_graders annotations by id kept",
         counts=dict(scans=len(selected), scans_computed=len(pending), scans_skipped=skipped,

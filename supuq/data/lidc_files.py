@@ -19,7 +19,7 @@ Toolbox input layout (``root``)::
 Intensities: the toolbox writes the stored values without the DICOM rescale. LIDC-IDRI CT series almost all
 use RescaleSlope 1 and RescaleIntercept -1024; the real sample confirms it (the air peak sits at stored
 ~22-28, i.e. ~-1000 HU, soft tissue at ~914-1071, i.e. ~-110..+47 HU). So HU = stored - 1024 (overridable with
-`rescale`), then the lung window `crops.LUNG_WINDOW_HU` maps to [0, 1].
+`rescale`), then the lung window `preprocessing.LUNG_WINDOW_HU` maps to [0, 1].
 
 Patches: per slice, the union of the readers' masks is split into 8-connected components, one patch per
 component (a slice showing two nodules gives two patches). The crop is ``crop x crop`` centred on the
@@ -43,13 +43,13 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
-from .crops import (
+from .crops import bbox_center, crop_centered
+from .preprocessing import (
     LUNG_WINDOW_HU,
     TOOLBOX_RESCALE_INTERCEPT,
     TOOLBOX_RESCALE_SLOPE,
-    bbox_center,
-    crop_centered,
     hu_window,
+    hu_window_record,
     stored_to_hu,
 )
 from .masks import binary_mask
@@ -214,8 +214,7 @@ def load_toolbox(
         rescale=dict(slope=rescale[0], intercept=rescale[1]),
         # What `supuq predict` must repeat on new inputs: HU (the toolbox's stored values needed this rescale;
         # a DICOM series read by SimpleITK is in HU already), lung window, crop size.
-        preprocessing=dict(kind="hu_window", lo=float(window[0]), hi=float(window[1]),
-                           rescale=dict(slope=rescale[0], intercept=rescale[1]), size=[crop, crop]),
+        preprocessing=hu_window_record(window, crop, rescale=dict(slope=rescale[0], intercept=rescale[1])),
         patch_rule="one patch per 8-connected component of the readers' union mask per slice; "
         "crop centred on the component's bounding box; masks are the readers' full masks cropped",
         counts=counts,

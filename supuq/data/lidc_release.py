@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .lidc_files import read_binary_mask, read_tiff
 from .masks import binary_mask
+from .preprocessing import scale_record, unit_record
 from .types import MultiGraderSet
 
 
@@ -168,7 +169,7 @@ def load_lidc_pickle(path: str | Path, max_graders: int = 4) -> MultiGraderSet:
         max_graders=max_graders,
         dropped_masks=dropped,
         # The authors' crops are already in [0, 1]; `supuq predict` can only take inputs scaled the same way.
-        preprocessing=dict(kind="unit", size=list(shape)),
+        preprocessing=unit_record(tuple(shape)),
         groups_are="series_uid",
         split_note="groups are series UIDs (about one per patient); data.split_by=slice reproduces the authors' "
         "random slice split",
@@ -266,7 +267,7 @@ def load_lidc_png(root: str | Path, crop: int = 128, max_graders: int = 4) -> Mu
         crop=crop,
         max_graders=max_graders,
         # Kohl's PNGs are already windowed; `supuq predict` divides by the same integer maximum.
-        preprocessing=dict(kind="scale", max=top, size=[crop, crop]),
+        preprocessing=scale_record(top, crop),
         counts=counts,
         items=items,
     )

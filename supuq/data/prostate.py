@@ -26,10 +26,10 @@ import numpy as np
 
 from ..errors import DataError
 from .masks import binary_mask
+from .preprocessing import PERCENTILES, normalise, percentile_record
 from .types import MultiGraderSet
 
 EXTENSIONS = (".nii.gz", ".mhd", ".mha", ".nii", ".nrrd")
-PERCENTILES = (0.5, 99.5)
 GEOMETRY_TOL = 1e-4
 _IMAGE_NAMES = {"image" + ext for ext in EXTENSIONS}
 _ANNOTATION = re.compile(r"^annotation_(\d+)(\.nii\.gz|\.mhd|\.mha|\.nii|\.nrrd)$", re.IGNORECASE)
@@ -167,15 +167,6 @@ def _check_geometry(image, annotation, path: Path, image_path: Path) -> None:
                             f"{image_path.name} {tuple(round(v, 6) for v in want)}")
 
 
-def normalise(volume: np.ndarray) -> np.ndarray:
-    """Per-case robust scaling: float32 [Z,Y,X] mapped so the 0.5/99.5 percentiles go to 0/1, then clipped."""
-    lo, hi = np.percentile(volume, PERCENTILES)
-    if hi <= lo:  # a constant volume carries no contrast: keep it at 0 instead of dividing by zero
-        return np.zeros(volume.shape, np.float32)
-    scaled = (volume.astype(np.float64) - lo) / (hi - lo)
-    return np.clip(scaled, 0, 1).astype(np.float32)
-
-
 def center_crop(volume: np.ndarray, crop: int) -> np.ndarray:
     """Central crop x crop of every slice of [Z,Y,X]; axes smaller than `crop` are zero-padded around the centre."""
     z, y, x = volume.shape
@@ -249,8 +240,7 @@ def load_prostate(root: str | Path, crop: int = 128, min_graders: int = 3, keep_
         "crop": crop,
         "percentiles": list(PERCENTILES),
         # What `supuq predict` must repeat on a new volume: per-volume percentile scaling, central crop.
-        "preprocessing": {"kind": "percentile", "lo": PERCENTILES[0], "hi": PERCENTILES[1], "per": "volume",
-                          "size": [crop, crop]},
+        "preprocessing": percentile_record(crop),
         "min_graders": min_graders,
         "keep_empty": keep_empty,
         "cases": len(used),

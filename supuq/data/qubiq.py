@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .prostate import EXTENSIONS, PERCENTILES, GEOMETRY_TOL, center_crop, normalise
+from .preprocessing import PERCENTILES, normalise, percentile_record
+from .prostate import EXTENSIONS, GEOMETRY_TOL, center_crop
 from .prostate import _read as read_volume
 from .masks import binary_mask
 from .types import MultiGraderSet
@@ -156,8 +157,7 @@ def load_qubiq(root: str | Path, task: str, crop: int = 128, keep_empty: bool = 
         "keep_empty": keep_empty,
         "percentiles": list(PERCENTILES),
         # What `supuq predict` must repeat on a new image: per-volume percentile scaling, central crop.
-        "preprocessing": {"kind": "percentile", "lo": PERCENTILES[0], "hi": PERCENTILES[1], "per": "volume",
-                          "size": [crop, crop]},
+        "preprocessing": percentile_record(crop),
         "cases": len(raters_per_case),
         "raters_per_case": raters_per_case,
         "subtasks_present": sorted(subtasks_seen),

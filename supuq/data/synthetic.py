@@ -33,6 +33,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.special import expit, ndtr
 
 from ..errors import DataError
+from .preprocessing import unit_record
 from .types import MultiGraderSet
 
 MAX_LESIONS = 3
@@ -265,7 +266,7 @@ def generate(n: int, size: int = 64, graders: int = 4, seed: int = 0, **knobs: A
         "source": "generated",
         "generator": {"n": n, "size": size, "graders": graders, "seed": seed, **asdict(p)},
         # Rendered directly in [0, 1]: `supuq predict` uses such inputs as they are.
-        "preprocessing": {"kind": "unit", "size": [size, size]},
+        "preprocessing": unit_record(size),
         "grader_thresholds": scene.thresholds.round(4).tolist(),
         "grader_miss_c50": scene.miss_c50.round(4).tolist(),
         "lesion_free_images": int((~scene.active.any(axis=1)).sum()),
