@@ -1,4 +1,4 @@
-"""Overhead of Ray Tune + MLflow: a sweep of N short trials (`supuq.tune.run_sweep`, one trial at a time, FIFO
+"""Overhead of Ray Tune + MLflow: a sweep of N short trials (`supuq.sweep.driver.run_sweep`, one trial at a time, FIFO
 scheduler, a one-point search space so every trial trains the same config) vs the same `fit` calls run plainly.
 
 Parts, measured separately in one run:
@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     try:
         import ray
 
-        from supuq.tune import SweepOptions, run_sweep
+        from supuq.sweep.driver import SweepOptions, run_sweep
 
         t = time.perf_counter()
         ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False)

@@ -17,8 +17,17 @@ import torch
 
 from .data.types import MultiGraderSet
 from .evaluate import predict_samples
-from .report_figures import pyplot
 from .sampling import binarize, decompose, grader_variance
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def uncertainty_figure(

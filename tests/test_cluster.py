@@ -314,7 +314,7 @@ def test_trial_survives_the_loss_of_the_worker_node(stack):
     proc = start_driver(stack, sweep_command(stack, "fault", space, overrides), log)
     try:
         victim, deadline = None, time.monotonic() + 150
-        client = tracking._client(stack.tracking_uri)
+        client = tracking.client_for(stack.tracking_uri)
         while victim is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
             parents = tracking.search_runs(stack.tracking_uri, None, "attributes.run_name = 'fault'")
@@ -343,7 +343,7 @@ def test_trial_survives_the_loss_of_the_worker_node(stack):
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), \
         [(r.info.run_name, r.info.status, r.data.tags.get("supuq.stop_reason")) for r in runs]
     retried = next(r for r in runs if r.info.run_id == victim.info.run_id)
-    steps = [m.step for m in tracking._client(stack.tracking_uri).get_metric_history(retried.info.run_id, "val/ged")]
+    steps = [m.step for m in tracking.client_for(stack.tracking_uri).get_metric_history(retried.info.run_id, "val/ged")]
     stack.timings["retried_val_steps"] = sorted(steps)
     # its last attempt ran on the head
     assert retried.data.tags["supuq.node_id"] == stack.head["node_id"], (steps, output[-5000:])

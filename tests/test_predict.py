@@ -18,7 +18,8 @@ from supuq.cli import app
 from supuq.config import load_config
 from supuq.data.synthetic import generate
 from supuq.errors import SupuqError
-from supuq.predict import check_hu, load_model, predict, predict_volume
+from supuq.data.preprocessing import check_hu
+from supuq.predict import load_model, predict, predict_volume
 from supuq.train import fit
 
 from .conftest import ROOT, TINY_OVERRIDES
@@ -319,15 +320,18 @@ def test_cli_predict_and_its_one_line_errors(ckpt, hu_ckpt, tmp_path):
 
 
 def test_predict_from_an_mlflow_run_id(tiny_cfg, tmp_path):
-    from supuq.runs import train_and_evaluate
+    """The CLI fetches a run's checkpoint through supuq.tracking and hands predict a local file; the record in
+    prediction.json names the run, and a runs:/ URI of the same artifact gives the same maps."""
+    from supuq.workflows.single import train_and_evaluate
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = train_and_evaluate(tiny_cfg.updated({"train.epochs": 1}), tracking_uri=uri, out_dir=tmp_path / "run")
     source = write_volume(tmp_path / "vol.nii.gz", synthetic_volume())
-    outcome = predict(run.run_id, source, tmp_path / "out", samples=4, weight_samples=2, tracking_uri=uri)
-    assert outcome.details["model"]["kind"] == "mlflow" and outcome.details["model"]["run_id"] == run.run_id
-    assert_maps_consistent(tmp_path / "out")
-    via_uri = predict(f"runs:/{run.run_id}/checkpoint/checkpoint.pt", source, tmp_path / "out2", samples=4,
-                      weight_samples=2, tracking_uri=uri)
+    for ref, out in ((run.run_id, "out"), (f"runs:/{run.run_id}/checkpoint/checkpoint.pt", "out2")):
+        result = runner.invoke(app, ["predict", ref, str(source), "--out", str(tmp_path / out), "--samples", "4",
+                                     "--weight-samples", "2", "--tracking-uri", uri])
+        assert result.exit_code == 0, result.output
+        details = json.loads((tmp_path / out / "prediction.json").read_text())
+        assert details["model"]["kind"] == "mlflow" and details["model"]["run_id"] == run.run_id
+        assert_maps_consistent(tmp_path / out)
     np.testing.assert_array_equal(read(tmp_path / "out" / "pm.nii.gz")[1], read(tmp_path / "out2" / "pm.nii.gz")[1])
-    assert via_uri.details["model"]["artifact"] == "checkpoint/checkpoint.pt"

@@ -1,4 +1,4 @@
-"""Tiling and blending for `supuq predict --crop full` (supuq.predict_tiles): coverage, exactness without
+"""Tiling and blending for `supuq predict --crop full` (supuq.predict.tiles): coverage, exactness without
 overlap, and blends that keep the maps' meaning."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from supuq.errors import SupuqError
-from supuq.predict_tiles import MapBlender, blend_weights, tile_windows
+from supuq.predict.tiles import MapBlender, blend_weights, tile_windows
 
 
 @pytest.mark.parametrize("h, w, size, overlap", [(40, 56, 16, 0.5), (20, 24, 16, 0.5), (10, 12, 16, 0.25),

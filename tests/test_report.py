@@ -13,10 +13,13 @@ import pytest
 from typer.testing import CliRunner
 
 from supuq import tracking
-from supuq.best import best_trial, pareto_front, retrain
+from supuq.sweep.selection import best_trial, pareto_front
+from supuq.workflows.retrain import retrain
 from supuq.cli import app
-from supuq.report import PUBLISHED_LABEL, _tables_2_3, aggregate_reliability, write_report
-from supuq.tune import NCC_WORST, NanSafeOptunaSearch, run_sweep
+from supuq.report import write_report
+from supuq.report.retrain import PUBLISHED_LABEL, _tables_2_3, aggregate_reliability
+from supuq.sweep.driver import run_sweep
+from supuq.sweep.search import NCC_WORST, NanSafeOptunaSearch
 
 from .test_tune import sweep_options, write_space
 
@@ -56,7 +59,7 @@ def test_retrain_report_tables_images_artifact_and_cli(store):
     # self-contained: nothing fetched from anywhere
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//|file:)""", page, re.I)
     assert "<script" not in page.lower() and "<link" not in page.lower()
-    client = tracking._client(uri)
+    client = tracking.client_for(uri)
     assert "report.html" in [a.path for a in client.list_artifacts(run_id)]
     assert tracking.get_run(uri, run_id).info.status == "FINISHED"  # logging the report left the status alone
 
@@ -83,7 +86,7 @@ def test_sweep_report_by_name(store):
     assert "Pareto front" in page and "Epochs reached" in page and "Trials" in page
     for trial in store["sweep"].trials:
         assert trial["trial_id"] in page
-    assert "report.html" in [a.path for a in tracking._client(uri).list_artifacts(written.run_id)]
+    assert "report.html" in [a.path for a in tracking.client_for(uri).list_artifacts(written.run_id)]
     result = runner.invoke(app, ["report", "no-such-sweep", "--tracking-uri", uri])
     assert result.exit_code == 2 and "no retrain or sweep run" in result.output
 

@@ -35,7 +35,7 @@ def test_train_run_is_complete_in_mlflow(tiny_cfg, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.params["loss.gamma"] and run.data.params["model.method"] == "supervised"
     assert run.data.tags["supuq.method"] == "supervised" and run.data.tags["supuq.dataset"] == "synthetic"
-    client = tracking._client(uri)
+    client = tracking.client_for(uri)
     assert len(client.get_metric_history(run.info.run_id, "train/total")) == 2  # one point per epoch
     assert len(client.get_metric_history(run.info.run_id, "val/ged")) == 2
     assert "test/ged" in run.data.metrics and "test/ncc_excluded" in run.data.metrics
@@ -61,7 +61,7 @@ def test_diverging_training_ends_the_run_failed(tiny_cfg, tmp_path):
     assert "training diverged at epoch 2" in result.output and "Traceback" not in result.output
     runs = tracking.search_runs(uri, ["supuq/synthetic"])
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert len(tracking._client(uri).get_metric_history(runs[0].info.run_id, "train/total")) == 1
+    assert len(tracking.client_for(uri).get_metric_history(runs[0].info.run_id, "train/total")) == 1
 
 
 def test_evaluate_bad_reference_is_one_line(tmp_path):

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from supuq import tracking
 from supuq.cli import app
 from supuq.errors import ConfigError, SupuqError
-from supuq.sweep_space import load_space
-from supuq.tune import SweepOptions, run_sweep
+from supuq.sweep.space import load_space
+from supuq.sweep.driver import SweepOptions, run_sweep
 
 from .conftest import ROOT, TINY_OVERRIDES
 from .processes import kill_processes_with_env
@@ -67,7 +67,7 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
         assert run.info.status in ("FINISHED", "KILLED")
         assert "val/ged" in run.data.metrics and "train/total" in run.data.metrics
         assert run.data.params["loss.beta"]
-        history = tracking._client(uri).get_metric_history(run.info.run_id, "train/total")
+        history = tracking.client_for(uri).get_metric_history(run.info.run_id, "train/total")
         assert len(history) >= 1
     # the paper's first point (the base config's values) was evaluated first
     assert any(abs(t["params"]["loss.gamma"] - 10.0) < 1e-9 for t in out.trials)
@@ -93,7 +93,7 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
 def test_wait_for_resources_gives_up_with_a_clear_error(ray_session):
     """--wait-for-resources on a cluster that never gets a GPU: the request goes to Ray's autoscaler (none here),
     the wait lasts the given time, and the error says what was missing and for how long it waited."""
-    from supuq.tune import check_resources
+    from supuq.sweep.cluster import check_resources
 
     cpu_only = load_space(ROOT / "sweep/synthetic.yaml")
     space = cpu_only.model_copy(update={"resources": cpu_only.resources.model_copy(update={"gpu": 1.0})})

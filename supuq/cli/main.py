@@ -1,4 +1,4 @@
-"""The `supuq` command line (typer). Parses and validates, then calls the library; no logic of its own.
+"""The `supuq` commands except `supuq data` (typer). Parses and validates, then calls the library; no logic of its own.
 
 User errors (`SupuqError`: configs, paths, file contents) print one line on stderr and exit with status 2;
 Ctrl-C exits with 130.
@@ -6,48 +6,15 @@ Ctrl-C exits with 130.
 
 from __future__ import annotations
 
-import functools
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from . import __version__
-from .cli_tables import info_table, metrics_table, pareto_table, sweep_table
-from .errors import SupuqError
-
-app = typer.Typer(
-    name="supuq",
-    help="Supervised uncertainty quantification for segmentation with multiple graders (Hu et al., MICCAI 2019).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-data_app = typer.Typer(help="Prepare, inspect and view dataset caches.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-# Piped output (CI logs, `| tee`) gets a fixed width wide enough for the tables; terminals keep their own.
-console = Console() if sys.stdout.isatty() else Console(width=130)
-err_console = Console(stderr=True)
-
-
-def user_errors(func):
-    """Turn SupuqError into a one-line message + exit 2, and Ctrl-C into exit 130."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except SupuqError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
+from .. import __version__
+from ..errors import SupuqError
+from .common import app, console, err_console, load, progress_bar, user_errors
+from .tables import metrics_table, pareto_table, sweep_table
 
 def _version(value: bool) -> None:
     if value:
@@ -62,13 +29,6 @@ def main(
     """supuq command line."""
 
 
-def _load(config: Optional[Path], overrides: list[str], dataset: Optional[str] = None):
-    from .config import default_config_path, load_config
-
-    path = config if config is not None else default_config_path(dataset or "synthetic")
-    return load_config(path, overrides)
-
-
 @app.command()
 @user_errors
 def train(
@@ -81,9 +41,9 @@ def train(
     out: Optional[Path] = typer.Option(None, help="Folder for checkpoint, figures and eval.json (default runs/<dataset>/...)."),
 ) -> None:
     """Train one model, evaluate it on the test split (50 samples) and log the run to MLflow."""
-    from .runs import train_and_evaluate
+    from ..workflows.single import train_and_evaluate
 
-    cfg = _load(config, set_)
+    cfg = load(config, set_)
     if method is not None:
         cfg = cfg.with_method(method)
     if seed is not None:
@@ -105,8 +65,8 @@ def evaluate(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Re-evaluate a trained model; a run id's metrics are logged back to the same run."""
-    from .evaluate import SPLITS
-    from .runs import reevaluate
+    from ..evaluate import SPLITS
+    from ..workflows.single import reevaluate
 
     if split not in SPLITS:
         raise SupuqError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
@@ -124,8 +84,8 @@ def ui(
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
 ) -> None:
     """Start the MLflow UI on the local store (Ctrl-C stops it)."""
-    from .mlflow_server import serve_ui
-    from .tracking import resolve_tracking_uri
+    from ..tracking.server import serve_ui
+    from ..tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     proc = serve_ui(uri, host=host, port=port)
@@ -167,8 +127,8 @@ def sweep(
     ),
 ) -> None:
     """Search beta, gamma, the weight-noise prior and lr with Ray Tune + Optuna (TPE) + ASHA; every trial in MLflow."""
-    from .sweep_space import check_objective
-    from .tune import SweepInterrupted, SweepOptions, run_sweep
+    from ..sweep.space import check_objective
+    from ..sweep.driver import SweepInterrupted, SweepOptions, run_sweep
 
     check_objective(objective)
     opts = SweepOptions(dataset, config, space, samples, concurrent, list(set_), gpus_per_trial, cpus_per_trial,
@@ -184,7 +144,7 @@ def sweep(
     ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
     console.print(sweep_table(outcome.name, ordered[:10]))
     if objective == "both":
-        from .best import pareto_front
+        from ..sweep.selection import pareto_front
 
         done = [t for t in ordered if t["status"] == "TERMINATED" and "val/ged" in t["metrics"]]
         front = pareto_front([(t["metrics"]["val/ged"], t["metrics"].get("val/ncc", float("nan"))) for t in done])
@@ -217,9 +177,10 @@ def best(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
-    from .best import best_of_sweep, best_trial, find_sweep, pick_pareto, retrain as run_retrain, sweep_objective
-    from .sweep_space import OBJECTIVES, check_objective
-    from .tracking import resolve_tracking_uri
+    from ..sweep.selection import best_of_sweep, best_trial, find_sweep, pick_pareto, sweep_objective
+    from ..workflows.retrain import retrain as run_retrain
+    from ..sweep.space import OBJECTIVES, check_objective
+    from ..tracking import resolve_tracking_uri
 
     if seeds < 1 or samples < 2:
         raise SupuqError("--seeds must be >= 1 and --samples >= 2")
@@ -255,14 +216,14 @@ def best(
             raise SupuqError(f"sweep {name!r} tuned method {tuned[method].config.model.method!r}, not {method!r}")
         console.print(f"{method}: best trial {tuned[method].trial_name} of sweep {name} "
                       f"({tuned[method].metric} = {tuned[method].value:.4f})")
-    with _bar("retraining (method x seed)") as progress:
+    with progress_bar("retraining (method x seed)") as progress:
         outcome = run_retrain(found, found.config, uri, seeds, baselines or bool(tuned), samples,
                               parallel=not serial, progress=progress, tuned=tuned)
     console.print(outcome.table)
     console.print(f"retrain run {outcome.parent_run_id} ({outcome.seconds:.0f} s); results.md is its artifact. "
                   "Browse with: supuq ui")
     if report is not None:
-        from .report import write_report
+        from ..report import write_report
 
         written = write_report(uri, outcome.parent_run_id, report)
         console.print(f"report: {written.path} (also the run's artifact report.html)")
@@ -279,8 +240,8 @@ def results(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Write the comparison study (Table 2/3 style tables, the paper's three claims judged, curves, panels)."""
-    from .study import write_results
-    from .tracking import resolve_tracking_uri
+    from ..workflows.study import write_results
+    from ..tracking import resolve_tracking_uri
 
     sweeps = {}
     for item in sweep_of:
@@ -294,7 +255,7 @@ def results(
 
 def _pareto_table(uri: str, parent) -> list[dict]:
     """Print a sweep's Pareto-optimal trials (min val/ged, max val/ncc), numbered for --pick; returns them."""
-    from .best import pareto_trials
+    from ..sweep.selection import pareto_trials
 
     front = pareto_trials(uri, parent.info.run_id)
     console.print(pareto_table(parent, front))
@@ -313,28 +274,13 @@ def report(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """One self-contained HTML report (tables, figures, reliability; a sweep's Pareto front and ASHA stops)."""
-    from .report import write_report
-    from .tracking import resolve_tracking_uri
+    from ..report import write_report
+    from ..tracking import resolve_tracking_uri
 
     written = write_report(resolve_tracking_uri(tracking_uri), target, out, log_artifact=log)
     if written.logged:
         err_console.print(f"{written.kind} run {written.run_id}: logged as artifact report.html", highlight=False)
     typer.echo(str(written.path))
-
-
-def _bar(label: str):
-    """A rich progress bar yielding progress(done, total)."""
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextlib.contextmanager
-    def manager():
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-            task = bar.add_task(label, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
-
-    return manager()
 
 
 @app.command("predict")
@@ -359,11 +305,13 @@ def predict_cmd(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (for a run id)."),
 ) -> None:
     """Uncertainty maps (pm, aleatoric, epistemic, total, consensus) of a new image or volume, in its geometry."""
-    from .predict import predict
+    from ..predict import predict
+    from ..tracking.checkpoints import local_checkpoint
 
-    outcome = predict(model, input_path, out, samples=samples, weight_samples=weight_samples, slices=slices,
-                      crop=crop, fmt=fmt, save_samples=save_samples, annotations=annotation,
-                      tracking_uri=tracking_uri, device=device, seed=seed, progress=True, overlap=overlap)
+    with local_checkpoint(model, tracking_uri) as local:
+        outcome = predict(local.path, input_path, out, samples=samples, weight_samples=weight_samples,
+                          slices=slices, crop=crop, fmt=fmt, save_samples=save_samples, annotations=annotation,
+                          device=device, seed=seed, progress=True, overlap=overlap, source=local.source)
     d = outcome.details
     console.print(f"{d['slices']['count']} slice(s), {d['sampling']['weight_samples']} x "
                   f"{d['sampling']['latent_samples']} samples, crop {d['crop']['mode']} "
@@ -371,61 +319,3 @@ def predict_cmd(
     console.print(f"wrote {', '.join(p.name for p in outcome.files.values())} to {outcome.out_dir}")
 
 
-@data_app.command("prepare")
-@user_errors
-def data_prepare(
-    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
-    root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
-                                        "lidc-pickle: the data_lidc.pickle file."),
-    out: Optional[Path] = typer.Option(None, help="Cache folder (default data/<dataset>/)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
-    workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
-    task: Optional[str] = typer.Option(None, help="QUBIQ task folder under --root, e.g. brain-growth; NAME:2 for sub-task 2."),
-) -> None:
-    """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
-    from .config import DATASETS
-    from .data.prepare import describe, prepare
-    from .data.types import MultiGraderSet
-
-    if dataset not in DATASETS:
-        raise SupuqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    cfg = _load(config, set_, dataset)
-    if task is not None:
-        cfg = cfg.updated({"data.task": task})
-    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
-    console.print(info_table(path, describe(MultiGraderSet.load(path))))
-
-
-@data_app.command("info")
-@user_errors
-def data_info(cache: Path = typer.Argument(..., help="A cache folder written by `supuq data prepare`.")) -> None:
-    """Shape, graders, patients, fraction of empty masks, mean grader variance."""
-    from .data.prepare import describe
-    from .data.types import MultiGraderSet
-
-    console.print(info_table(cache, describe(MultiGraderSet.load(cache))))
-
-
-@data_app.command("show")
-@user_errors
-def data_show(
-    cache: Path = typer.Argument(..., help="A cache folder."),
-    out: Path = typer.Option(Path("data_show.png"), help="PNG to write."),
-    n: int = typer.Option(8, help="Number of images."),
-    seed: int = typer.Option(0, help="Which images (random choice seed)."),
-) -> None:
-    """A PNG grid of images with each grader's outline."""
-    from .data.prepare import show
-    from .data.types import MultiGraderSet
-
-    path = show(MultiGraderSet.load(cache), out, n=n, seed=seed)
-    console.print(f"wrote {path}")
-
-
-def run() -> None:  # pragma: no cover - console entry for `python -m supuq`
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SupuqError
+from ..errors import SupuqError
 
 _SAME_FORMATS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tiff", ".tif")
 _NO_FLOAT_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -32,7 +32,7 @@ def read_input(path: str | Path):
     """
     import SimpleITK as sitk
 
-    from .data.prostate import _check_nifti_complete, _itk_reason
+    from ..data.prostate import _check_nifti_complete, _itk_reason
 
     path = Path(path)
     if not path.exists():
@@ -99,7 +99,7 @@ def annotated_slices(image, input_path: Path, annotations: list[Path] | tuple[Pa
     """
     import SimpleITK as sitk
 
-    from .data.prostate import _read
+    from ..data.prostate import _read
 
     files = [Path(p) for p in annotations]
     if not files and input_path.is_file():
@@ -155,7 +155,7 @@ def write_maps(maps: dict[str, Any], out_dir: Path, ext: str) -> dict[str, Path]
         try:
             sitk.WriteImage(out_image, str(path), useCompression=True)
         except RuntimeError as err:
-            from .data.prostate import _itk_reason
+            from ..data.prostate import _itk_reason
 
             raise SupuqError(f"{path}: cannot write ({_itk_reason(err)})") from None
         files[name] = path

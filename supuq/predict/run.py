@@ -2,13 +2,14 @@
 
 Pipeline (`predict`, the CLI's `supuq predict`):
 
-1. MODEL: a checkpoint file (or a folder holding ``checkpoint.pt``), an MLflow run id (its artifact
-   ``checkpoint/checkpoint.pt``) or a ``runs:/<id>/<artifact path>`` URI. Checkpoints are loaded with
-   `supuq.checkpoint.load_checkpoint` (weights only, never code); MLflow is imported only to fetch the file.
+1. MODEL: a local checkpoint file (or a folder holding ``checkpoint.pt``), loaded with
+   `supuq.checkpoint.load_checkpoint` (weights only, never code). The CLI turns an MLflow run id or a
+   ``runs:/<id>/<artifact path>`` URI into such a file first (`supuq.tracking.checkpoints`).
 2. INPUT: a 2-D image (PNG/TIFF/...), a 3-D volume (.nii/.nii.gz/.mha/.mhd/.nrrd) or a DICOM series folder
    (SimpleITK's ImageSeriesReader; SimpleITK applies each file's RescaleSlope/Intercept, so CT comes out in HU).
 3. Intensities: exactly the training data's preprocessing, recorded by the loader in the cache meta under
-   ``"preprocessing"`` and copied into the checkpoint's ``data_meta`` (`preprocess`): ``unit`` (used as is,
+   ``"preprocessing"`` and copied into the checkpoint's ``data_meta``, applied by `supuq.data.preprocessing`
+   (the same module the readers record it with): ``unit`` (used as is,
    must lie in [0, 1]; an 8-bit input is divided by 255), ``scale`` (divided by ``max``, must lie in
    [0, max]), ``hu_window`` (clip HU to [lo, hi], scale to [0, 1]; the input must look like HU, see
    `check_hu`), ``percentile`` (per-volume lo/hi percentiles to 0/1, clipped). A checkpoint without the record
@@ -17,7 +18,7 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    training crop, ``preprocessing["size"]``; zero-padded when the slice is smaller) or, with ``crop="full"``,
    cut into tiles of the training size that overlap by half a tile (``overlap``) and are predicted
    independently; each pixel's maps are the Gaussian-weighted mean over the tiles that cover it, and its binary
-   samples come from the tile most centred on it (`supuq.predict_tiles`). Outside the predicted region every
+   samples come from the tile most centred on it (`supuq.predict.tiles`). Outside the predicted region every
    map is 0. Tiles are batched on the device.
 5. Per pixel, from the M x K binary samples (DESIGN.md section 6; a model without weight noise draws
    1 x samples): ``pm`` mean sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric +
@@ -28,16 +29,14 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    crop region, and ``overview.png`` (the slices of highest total uncertainty: image, pm, aleatoric,
    epistemic).
 
-Steps 2 and 6 (reading and writing files, the overview figure) are `supuq.predict_io`; this module holds the
-model, the intensity checks and the prediction.
+Steps 2 and 6 (reading and writing files, the overview figure) are `supuq.predict.io`; this module holds the
+model and the prediction.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,30 +45,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoint import checkpoint_config, load_checkpoint
-from .config import Config
-from .errors import SupuqError
-from .evaluate import predict_samples
-from .predict_io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
-                         stacked_like, write_maps)
-from .predict_tiles import BLEND_SIGMA, MapBlender, blend_weights, centre_window, tile_windows
-from .sampling import binarize, decompose
-
-MAPS = ("pm", "aleatoric", "epistemic", "total", "consensus")
-DEFAULT_ARTIFACT = "checkpoint/checkpoint.pt"
-PREPROCESSING_KINDS = ("unit", "scale", "hu_window", "percentile")
-
-# check_hu: a CT in Hounsfield units shows air (about -1000 HU) or lung (-900 to -500 HU) somewhere -- around
-# the body, in the lungs or airways -- while MR, PET, [0, 1]-scaled images or CT stored values without the DICOM
-# rescale (0..4095) have nothing that low. Values below HU_PADDING are no tissue (scanners pad the field of
-# view with -1024, -2048, -3024 or -32768) and are left out of the statistics.
-HU_AIR = -500.0
-HU_AIR_FRACTION = 1e-3  # at least 0.1% of the (non-padding) voxels must be air/lung
-HU_PADDING = -1200.0
-HU_MAX_P99 = 3072.0  # 99th percentile above the 12-bit HU ceiling: not HU (or mostly metal)
-UNIT_TOLERANCE = 1e-3  # float rounding around [0, 1] is clipped, anything beyond is refused
-
-_RUN_ID = re.compile(r"^[0-9a-fA-F]{32}$")
+from ..checkpoint import checkpoint_config, load_checkpoint
+from ..config import Config
+from ..data.preprocessing import apply as preprocess
+from ..errors import SupuqError
+from ..evaluate import predict_samples
+from ..sampling import binarize, decompose
+from .io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
+                 stacked_like, write_maps)
+from .tiles import BLEND_SIGMA, MapBlender, blend_weights, centre_window, tile_windows
 
 
 # --- the model --------------------------------------------------------------------------------------------
@@ -91,40 +75,15 @@ class LoadedModel:
         return value if isinstance(value, dict) else None
 
 
-def load_model(ref: str | Path, tracking_uri: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """The model named by `ref`: an existing checkpoint file/folder, an MLflow run id, or ``runs:/<id>/<path>``.
-
-    Run ids and runs:/ URIs are fetched through `supuq.tracking` (MLflow imported here only) into a temporary
-    folder and loaded from there; `tracking_uri` as for every command (default $MLFLOW_TRACKING_URI or the
-    local store).
-    """
-    text = str(ref)
-    path = Path(text)
-    if path.exists():
-        return _loaded(load_checkpoint(path), {"kind": "checkpoint", "path": str(path.resolve())}, device)
-    if text.startswith("runs:/"):
-        run_id, _, artifact = text[len("runs:/"):].strip("/").partition("/")
-        if not run_id:
-            raise SupuqError(f"{text}: expected runs:/<run id>/<artifact path>")
-        return _from_run(run_id, artifact or DEFAULT_ARTIFACT, tracking_uri, device, text)
-    if _RUN_ID.match(text):
-        return _from_run(text, DEFAULT_ARTIFACT, tracking_uri, device, text)
-    raise SupuqError(f"{text}: no such checkpoint file, and not an MLflow run id (32 hex digits) or runs:/<id>/<path>")
-
-
-def _from_run(run_id: str, artifact: str, tracking_uri: str | None, device, ref: str) -> LoadedModel:
-    from . import tracking  # MLflow only when a run is named
-
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="supuq-predict-") as tmp:
-        local = tracking.download_artifact(uri, run_id, artifact, tmp)
-        state = load_checkpoint(local)
-    source = {"kind": "mlflow", "ref": ref, "run_id": run_id, "artifact": artifact, "tracking_uri": uri}
-    return _loaded(state, source, device)
+def load_model(path: str | Path, device: str | torch.device = "cpu", source: dict[str, Any] | None = None) -> LoadedModel:
+    """The model in the local checkpoint `path` (a file or a folder holding ``checkpoint.pt``). `source` says
+    where it came from (an MLflow run: the CLI fetched it through `supuq.tracking.checkpoints` first)."""
+    path = Path(path)
+    return _loaded(load_checkpoint(path), source or {"kind": "checkpoint", "path": str(path.resolve())}, device)
 
 
 def _loaded(state: dict[str, Any], source: dict[str, Any], device) -> LoadedModel:
-    from .models import build_model
+    from ..models import build_model
 
     cfg = checkpoint_config(state)
     model = build_model(cfg.model, cfg.loss)
@@ -140,84 +99,6 @@ def _loaded(state: dict[str, Any], source: dict[str, Any], device) -> LoadedMode
     epoch = state.get("epoch")
     return LoadedModel(model.to(device).eval(), cfg, meta if isinstance(meta, dict) else {}, source,
                        int(epoch) if epoch is not None else None)
-
-
-# --- intensities ------------------------------------------------------------------------------------------
-
-
-def check_hu(volume: np.ndarray, where: str = "input") -> None:
-    """Refuse a volume that is clearly not in Hounsfield units (one-line SupuqError); see the HU_* constants.
-
-    Rule: among voxels >= HU_PADDING (-1200; lower values are scanner padding), at least HU_AIR_FRACTION (0.1%)
-    must be <= HU_AIR (-500, air or lung) and the 99th percentile must be <= HU_MAX_P99 (3072). An MR volume in
-    [0, 1000], a [0, 1]-scaled image or CT stored values (0..4095, rescale not applied) all fail the first test.
-    """
-    values = np.asarray(volume, dtype=np.float32).ravel()
-    physical = values[values >= HU_PADDING]
-    lo, hi = float(values.min()), float(values.max())
-    if physical.size == 0:
-        raise SupuqError(f"{where}: every voxel is below {HU_PADDING:g} (range [{lo:g}, {hi:g}]): not a CT in HU")
-    air = float((physical <= HU_AIR).mean())
-    p99 = float(np.percentile(physical, 99))
-    if air < HU_AIR_FRACTION or p99 > HU_MAX_P99:
-        why = (f"only {air:.2%} of voxels at or below {HU_AIR:g} HU (air/lung)" if air < HU_AIR_FRACTION
-               else f"99th percentile {p99:g} above {HU_MAX_P99:g}")
-        raise SupuqError(
-            f"{where}: intensities [{lo:g}, {hi:g}] do not look like Hounsfield units ({why}); this model was "
-            "trained on CT in HU: give a CT volume or DICOM series (stored values need HU = stored * slope + "
-            "intercept first)"
-        )
-
-
-def preprocess(volume: np.ndarray, preprocessing: dict[str, Any] | None, where: str = "input",
-               uint8_input: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
-    """Input intensities [Z,Y,X] -> float32 [Z,Y,X] in [0, 1] as the training data; also what was applied.
-
-    `uint8_input`: the file stores 8-bit values (a ``unit`` model then divides by 255). SupuqError when the
-    record is missing or unknown, or the input cannot be made to match (see the module docstring).
-    """
-    if not preprocessing:
-        raise SupuqError("the checkpoint records no input preprocessing (its training data predates the "
-                         "'preprocessing' meta key): prepare the data again and retrain, or pass preprocessing= "
-                         "to predict_volume")
-    kind = preprocessing.get("kind")
-    values = np.asarray(volume, dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise SupuqError(f"{where}: contains NaN or infinite values")
-    lo, hi = float(values.min()), float(values.max())
-    applied: dict[str, Any] = {"kind": kind, "input_range": [lo, hi]}
-    if kind == "unit":
-        if uint8_input:
-            values = values / 255.0
-            applied["divided_by"] = 255
-        elif lo < -UNIT_TOLERANCE or hi > 1 + UNIT_TOLERANCE:
-            raise SupuqError(f"{where}: intensities [{lo:g}, {hi:g}] are not in [0, 1], but this model was trained "
-                             "on images already scaled to [0, 1]; scale the input the same way first")
-        out = np.clip(values, 0, 1)
-    elif kind == "scale":
-        top = float(preprocessing["max"])
-        if lo < 0 or hi > top:
-            raise SupuqError(f"{where}: intensities [{lo:g}, {hi:g}] are outside [0, {top:g}], the range of this "
-                             f"model's training images (divided by {top:g})")
-        out = values / top
-        applied["divided_by"] = top
-    elif kind == "hu_window":
-        check_hu(values, where)
-        wlo, whi = float(preprocessing["lo"]), float(preprocessing["hi"])
-        out = np.clip((values - wlo) / (whi - wlo), 0, 1)
-        applied["window_hu"] = [wlo, whi]
-    elif kind == "percentile":
-        plo, phi = np.percentile(values, [float(preprocessing["lo"]), float(preprocessing["hi"])])
-        applied.update(percentiles=[preprocessing["lo"], preprocessing["hi"]], values=[float(plo), float(phi)])
-        if phi <= plo:  # constant input: no contrast, the training loader maps it to 0 as well
-            out = np.zeros_like(values)
-            applied["constant"] = True
-        else:
-            out = np.clip((values - plo) / (phi - plo), 0, 1)
-    else:
-        raise SupuqError(f"the checkpoint's preprocessing kind {kind!r} is unknown (known: "
-                         f"{', '.join(PREPROCESSING_KINDS)})")
-    return out.astype(np.float32), applied
 
 
 # --- geometry of the predicted region ---------------------------------------------------------------------
@@ -272,7 +153,7 @@ def predict_volume(
     samples: S binary samples per pixel, drawn as M = weight_samples weight samples x K = S / M latent samples
     (1 x S for a model without weight noise). crop: None (centre crop of the training size), an integer N
     (centre crop N x N) or "full" (tiles of the training size overlapping by `overlap` of a tile, blended with
-    Gaussian weights: `supuq.predict_tiles`). preprocessing: the checkpoint's record (see
+    Gaussian weights: `supuq.predict.tiles`). preprocessing: the checkpoint's record (see
     `preprocess`). slices: indices of the axial slices to predict (default all; others stay 0). seed: the
     sampling seed (the caller's torch RNG state is restored afterwards). info: filled with the details
     (crop region, grid, applied preprocessing, per-slice total, the preprocessed image [Z,Y,X] as "_image").
@@ -384,7 +265,7 @@ def _progress_bar(enabled: bool, total: int):
         yield lambda n: bar.advance(task, n)
 
 
-# --- files in, files out (the readers and writers are `supuq.predict_io`) ---------------------------------
+# --- files in, files out (the readers and writers are `supuq.predict.io`) ---------------------------------
 
 
 @dataclass
@@ -397,7 +278,7 @@ class PredictOutcome:
 
 
 def predict(
-    model_ref: str | Path,
+    checkpoint: str | Path,
     input_path: str | Path,
     out_dir: str | Path,
     samples: int = 50,
@@ -407,7 +288,6 @@ def predict(
     fmt: str = "nifti",
     save_samples: bool = False,
     annotations: list[Path] | tuple[Path, ...] = (),
-    tracking_uri: str | None = None,
     device: str = "auto",
     seed: int = 0,
     batch_size: int | None = None,
@@ -415,15 +295,17 @@ def predict(
     preprocessing: dict[str, Any] | None = None,
     on_model: Callable[[LoadedModel], None] | None = None,
     overlap: float = 0.5,
+    source: dict[str, Any] | None = None,
 ) -> PredictOutcome:
-    """Run a trained model on an image file or DICOM series folder; write maps, prediction.json, overview.png.
+    """Run a trained model (a local checkpoint, see `load_model`) on an image file or DICOM series folder; write
+    maps, prediction.json and overview.png.
 
     Checks the cheap things (input readable, output format possible, options) before loading the model.
     `preprocessing` overrides the checkpoint's record (API only). Returns a `PredictOutcome`.
     """
     import SimpleITK as sitk
 
-    from .train import resolve_device
+    from ..train import resolve_device
 
     started = time.perf_counter()
     if slices not in ("all", "annotated"):
@@ -436,7 +318,7 @@ def predict(
     image = scalar_image(image)
     chosen, used = (annotated_slices(image, input_path, annotations) if slices == "annotated" else (None, []))
     torch_device = resolve_device(device)
-    loaded = load_model(model_ref, tracking_uri, torch_device)
+    loaded = load_model(checkpoint, torch_device, source)
     if on_model is not None:
         on_model(loaded)
     record = preprocessing if preprocessing is not None else loaded.preprocessing

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import SupuqError
+from ..errors import SupuqError
 
 BLEND_SIGMA = 1 / 8  # of the tile side
 BLEND_FLOOR = 1e-3  # lowest weight, so that an image corner covered by one tile edge still gets its value

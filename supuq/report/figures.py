@@ -1,7 +1,7 @@
 """The sweep figures of `supuq report` (matplotlib, Agg, PNG): final val/ged against val/ncc with the Pareto
 front, each searched parameter against GED, and the epochs each trial reached, coloured by how it ended.
 
-Each takes the trial rows `report.sweep_sections` builds (with its "outcome", "pareto" and "best" keys) and
+Each takes the trial rows `report.sweep.sweep_sections` builds (with its "outcome", "pareto" and "best" keys) and
 returns the PNG path it wrote.
 """
 
@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-# Keyed by the outcome labels `report._outcome` gives each trial row.
+from ..figures import pyplot
+
+# Keyed by the outcome labels `report.sweep._outcome` gives each trial row.
 STATUS_COLOURS = {"ran all epochs": "#2a9d8f", "stopped early by ASHA": "#f4a261", "failed": "#e63946",
                   "interrupted / never ran": "#8d99ae"}
 
@@ -114,16 +116,6 @@ def as_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed), imported only when a figure is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, out: Path) -> Path:

@@ -14,8 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import SupuqError
-from .report_figures import as_float
+from ..errors import SupuqError
+from .figures import as_float
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
@@ -59,7 +59,7 @@ def html_figure(path: Path, alt: str, caption: str) -> str:
 
 
 def artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
-    from . import tracking
+    from .. import tracking
 
     try:
         local = tracking.download_artifact(uri, run_id, path, dst)

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import SupuqError
-from .report_html import artifact, html_figure, html_page, html_table, json_artifact, num, param_text, quiet_downloads
-from .report_sweep import sweep_sections
+from .. import __version__
+from ..errors import SupuqError
+from .html import artifact, html_figure, html_page, html_table, json_artifact, num, param_text, quiet_downloads
+from .sweep import sweep_sections
 
 PAPER = "Hu et al., Supervised Uncertainty Quantification for Segmentation with Multiple Annotations, MICCAI 2019 (arXiv:1907.01949)"
 PUBLISHED_LABEL = "published (Hu et al. 2019), not reproduced here"
@@ -62,7 +62,7 @@ class WrittenReport:
 
 def resolve_target(uri: str, ref: str):
     """The retrain or sweep run named by `ref`: a run id, else the newest retrain/sweep run of that name."""
-    from . import tracking
+    from .. import tracking
 
     try:
         run = tracking.get_run(uri, ref)
@@ -84,7 +84,7 @@ def resolve_target(uri: str, ref: str):
 def write_report(uri: str, ref: str, out: str | Path, log_artifact: bool = True) -> WrittenReport:
     """Build the report of the retrain or sweep run `ref`, write it to `out`, and (with `log_artifact`) log it
     as the run's artifact `report.html`."""
-    from . import tracking
+    from .. import tracking
 
     uri = tracking.resolve_tracking_uri(uri)
     run = resolve_target(uri, ref)
@@ -109,8 +109,8 @@ def write_report(uri: str, ref: str, out: str | Path, log_artifact: bool = True)
 
 
 def retrain_sections(uri: str, run, work: Path) -> list[str]:
-    from . import tracking
-    from .best import METHOD_LABELS
+    from .. import tracking
+    from ..workflows.tables import METHOD_LABELS
 
     results = json_artifact(uri, run.info.run_id, "results.json", work / "parent")
     if results is None:
@@ -164,7 +164,7 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
         if parts:
             tables[label[method].split(" (")[0]] = aggregate_reliability(parts)
     if tables:
-        from .figures import reliability_figure
+        from ..figures import reliability_figure
 
         path = reliability_figure(tables, work / "reliability.png")
         rows = [[name, f"{t['ece']:.4f}", f"{int(sum(t['count'])):,}"] for name, t in tables.items()]
@@ -189,7 +189,7 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
 
 
 def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary: dict, common: dict) -> list[str]:
-    from .best import mean_pm
+    from ..workflows.tables import mean_pm
 
     family = DATASET_FAMILY.get(dataset)
     published = PUBLISHED.get(family) if family else None

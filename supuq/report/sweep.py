@@ -9,14 +9,14 @@ import html
 import math
 from pathlib import Path
 
-from .report_figures import epochs_figure, params_figure, scatter_figure
-from .report_html import as_int, html_figure, html_table, json_artifact, num, param_text
+from .figures import epochs_figure, params_figure, scatter_figure
+from .html import as_int, html_figure, html_table, json_artifact, num, param_text
 
 SWEPT_DEFAULT = ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr")
 
 
 def sweep_sections(uri: str, run, work: Path) -> list[str]:
-    from .best import pareto_trials, sweep_objective, trial_rows
+    from ..sweep.selection import pareto_trials, sweep_objective, trial_rows
 
     space = json_artifact(uri, run.info.run_id, "space.json", work / "parent") or {}
     searched = space.get("space") or {k: {} for k in SWEPT_DEFAULT}

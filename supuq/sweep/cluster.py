@@ -1,6 +1,6 @@
 """Joining Ray (a local instance or a cluster, with one-line errors for a missing token) and making sure the
 cluster can run a trial before Tune queues it: fail fast, or ask Ray's autoscaler and wait
-(`supuq sweep --wait-for-resources`). Used by `supuq.tune` and `supuq.best`.
+(`supuq sweep --wait-for-resources`). Used by the sweep driver and the retrain.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 import time
 from typing import Any
 
-from .errors import SupuqError
-from .sweep_space import SweepSpace
+from ..errors import SupuqError
+from .space import SweepSpace
 
 
 def connect_ray(address: str | None, cpus: float | None = None) -> bool:

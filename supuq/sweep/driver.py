@@ -1,15 +1,16 @@
-"""Ray Tune adapter: `supuq sweep` as Optuna (TPE) + ASHA over `supuq.train.fit`, one MLflow child run per trial.
+"""The sweep driver: `supuq sweep` as Optuna (TPE) + ASHA over `supuq.train.fit`, one MLflow child run per
+trial, and `--resume` of an interrupted sweep.
 
 Only `ray.tune` names are used (Train V2 is on in Ray 2.60: `ray.train.RunConfig`/`ray.train.report` break
-Tune function trainables). The trainable is a thin adapter: trial params -> pydantic config -> `fit` with a
-reporter that logs to MLflow and calls `tune.report(metrics, checkpoint=...)`.
+Tune function trainables). The trainable (`sweep.trainable`) is a thin adapter: trial params -> pydantic config
+-> `fit` with a reporter that logs to MLflow and calls `tune.report(metrics, checkpoint=...)`.
 
 Sweep folder `<storage>/<name>/` holds Ray's experiment state, `supuq_sweep.json` (parent run id, tracking
 URI, base config, space: what `--resume` needs) and `best.yaml` at the end.
 
-Storage paths (local or s3://) are `supuq.sweep_storage`; the progress bar, trial summaries, the child runs'
-final status and the best trial are `supuq.sweep_results`; joining Ray and checking (or waiting for) the
-cluster's resources are `supuq.ray_cluster`.
+Storage paths (local or s3://) are `sweep.storage`; the searcher `sweep.search`; the progress bar, trial
+summaries and the child runs' final status `sweep.results`; the best trial `sweep.selection`; joining Ray and
+checking (or waiting for) the cluster's resources `sweep.cluster`.
 """
 
 from __future__ import annotations
@@ -17,20 +18,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray.tune.search.optuna import OptunaSearch
-
-from .config import Config, default_config_path, dump_config, load_config, validate_config
-from .errors import ConfigError, SupuqError
-from .ray_cluster import check_resources, connect_ray, release_resources
-from .sweep_results import TRIAL_TAG, TrialProgress, finalize_child_runs, pick_best, summarize_trials
-from .sweep_space import SweepSpace, default_space_path, load_space, objective_changes
-from .sweep_storage import ray_storage, read_text, storage_root, write_text
+from ..config import Config, default_config_path, dump_config, load_config, validate_config
+from ..errors import ConfigError, SupuqError
+from .cluster import check_resources, connect_ray, release_resources
+from .results import TrialProgress, finalize_child_runs, pick_best, summarize_trials
+from .space import SweepSpace, default_space_path, load_space, objective_changes
+from .search import NanSafeOptunaSearch, param_space
+from .storage import ray_storage, read_text, storage_root, write_text
+from .trainable import trial_main
 
 STATE_FILE = "supuq_sweep.json"
 
@@ -76,91 +76,12 @@ class SweepOutcome:
     seconds: float
 
 
-# ----------------------------------------------------------------------------------------------- trainable
-
-
-def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str) -> None:
-    """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`."""
-    import ray
-    import torch
-    from ray import tune
-
-    from . import tracking
-    from .train import fit
-
-    ctx = tune.get_context()
-    trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
-    cfg = validate_config(json.loads(base)).updated(params)
-    cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1))
-    torch.set_num_threads(max(1, cpus))
-    data = _worker_dataset(cfg)
-
-    existing = tracking.child_runs(uri, parent_run_id, filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'")
-    run_id = existing[0].info.run_id if existing else None
-    # The Ray node this attempt runs on (a retried trial's tag names the node of its last attempt): on a
-    # cluster whose nodes share an IP (several nodes per host), only the node id tells them apart.
-    node_id = ray.get_runtime_context().get_node_id()
-    tags = {**tracking.standard_tags(cfg), TRIAL_TAG: trial_id, "supuq.kind": "trial", "supuq.node_id": node_id}
-    with contextlib.ExitStack() as stack:
-        resume_dir = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_dir = stack.enter_context(checkpoint.as_directory())
-        run = stack.enter_context(
-            tracking.tracked_run(uri, experiment, run_name=trial_name, parent_run_id=parent_run_id, tags=tags,
-                                 run_id=run_id)
-        )
-        if run_id is None:
-            run.log_config(cfg)
-        # The worker process too: with reuse_actors one process runs trial after trial (same pid on several runs).
-        run.set_tags({"supuq.config": json.dumps(cfg.model_dump(mode="json")), "supuq.worker_pid": os.getpid()})
-        log = tracking.MlflowReporter(run, quiet=True)
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="supuq-trial-"))
-
-        def report(metrics: dict[str, float], epoch: int, checkpoint_path: str | None) -> None:
-            log(metrics, epoch, checkpoint_path)
-            # Tune hears only validation epochs (each with its checkpoint): the searcher and ASHA need the
-            # validation metric in every result, and ASHA's time axis is the "epoch" key, not the report count.
-            if any(key.startswith("val/") for key in metrics):
-                saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
-                tune.report({**metrics, "epoch": epoch, "node_id": node_id}, checkpoint=saved)
-
-        report.quiet = True  # type: ignore[attr-defined]
-        fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
-
-
-_WORKER_DATASETS: dict[str, Any] = {}
-"""The dataset a Ray worker process has loaded, by its data config (at most one: a sweep has one dataset)."""
-
-
-def _worker_dataset(cfg: Config) -> Any:
-    """The trial's dataset, loaded once per worker process. With `reuse_actors` a worker runs trial after trial
-    on the same data (only hyperparameters change between trials), so later trials skip the cache read or the
-    synthetic regeneration. fit only reads the dataset (it copies the rows it trains on)."""
-    from .data.prepare import load_dataset
-
-    data_cfg = _reachable_data(cfg).data
-    key = data_cfg.model_dump_json()
-    if key not in _WORKER_DATASETS:
-        _WORKER_DATASETS.clear()
-        _WORKER_DATASETS[key] = load_dataset(data_cfg)
-    return _WORKER_DATASETS[key]
-
-
-def _reachable_data(cfg: Config) -> Config:
-    """On a worker that cannot see the driver's synthetic cache (another node, no shared disk), regenerate the
-    synthetic set locally: it is deterministic for its parameters."""
-    if cfg.data.dataset == "synthetic" and cfg.data.cache and not Path(cfg.data.cache).is_dir():
-        return cfg.updated({"data.cache": None})
-    return cfg
-
-
 # ------------------------------------------------------------------------------------------------- driver
 
 
 def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     """Load and validate the config and search space (before Ray starts), with CLI overrides applied."""
-    from .config import DATASETS
+    from ..config import DATASETS
 
     if opts.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {opts.dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -192,51 +113,13 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     return cfg, space
 
 
-NCC_WORST = -1.0
-"""What the searcher is told where val/ncc is NaN: NCC lies in [-1, 1], so -1 is its worst value."""
-
-
-def searchable(result: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a trial result for the searcher: a NaN val/ncc becomes `NCC_WORST`."""
-    import math
-
-    value = result.get("val/ncc")
-    if isinstance(value, float) and math.isnan(value):
-        return {**result, "val/ncc": NCC_WORST}
-    return result
-
-
-class NanSafeOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, told `NCC_WORST` instead of a NaN NCC: Optuna would otherwise fail that trial (a
-    NaN objective is not acceptable to `study.tell`) and TPE would learn nothing from it. Only the searcher
-    sees the substitute; Tune's results and MLflow keep the NaN."""
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, searchable(result))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, searchable(result) if result else result, error)
-
-
-def param_space(space: SweepSpace) -> dict[str, Any]:
-    from ray import tune
-
-    make = {
-        "loguniform": lambda v: tune.loguniform(*v),
-        "uniform": lambda v: tune.uniform(*v),
-        "int": lambda v: tune.randint(int(v[0]), int(v[1]) + 1),
-        "choice": lambda v: tune.choice(v),
-    }
-    return {key: make[dist.kind](dist.value) for key, dist in space.space.items()}
-
-
 def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
     """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from . import tracking
-    from .data.prepare import default_cache_dir, load_dataset
+    from .. import tracking
+    from ..data.prepare import default_cache_dir, load_dataset
 
     started = time.perf_counter()
     root = storage_root(opts.storage)

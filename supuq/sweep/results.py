@@ -2,7 +2,7 @@
 summary dict per trial from Tune's result grid, the final status of each trial's MLflow child run, and the
 best trial.
 
-Driver-side only (the trials themselves run `tune.trial_main`).
+Driver-side only (the trials themselves run `sweep.trainable.trial_main`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from .sweep_space import SweepSpace
+from .space import SweepSpace
 
 TRIAL_TAG = "supuq.trial_id"
 """The child-run tag naming its Ray trial: how a resumed trial finds its run, and the driver its trials' runs."""
@@ -102,7 +102,7 @@ def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs
     write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
     saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
     KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
-    from . import tracking
+    from .. import tracking
 
     by_trial = {t["trial_id"]: t for t in trials}
     stopped = 0

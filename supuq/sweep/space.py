@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Config, is_config_key, read_yaml
-from .errors import ConfigError
+from ..config import Config, is_config_key, read_yaml
+from ..errors import ConfigError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "int")
 

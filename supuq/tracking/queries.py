@@ -1,6 +1,6 @@
 """MLflow run queries: runs of an experiment or of several, a sweep's or retrain's child runs, one run, and
-artifact downloads. Re-exported by `supuq.tracking` (callers use `tracking.child_runs` etc.); every call goes
-through an explicit client for the given tracking URI, as in `supuq.tracking`.
+artifact downloads. Every call goes through an explicit client for the given tracking URI (see
+`supuq.tracking.store`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SupuqError
-from .tracking import _client, _experiment_id, _one_line, resolve_tracking_uri
+from ..errors import SupuqError
+from .store import client_for, experiment_id_of, one_line, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -29,11 +29,11 @@ def search_runs(
 ) -> list["Run"]:
     """Like `find_runs` over several experiments (by name; missing ones are skipped), or all when None."""
     uri = resolve_tracking_uri(uri)
-    client = _client(uri)
+    client = client_for(uri)
     if experiments is None:
         ids = [e.experiment_id for e in _all_experiments(client)]
     else:
-        ids = [i for i in (_experiment_id(client, name) for name in experiments) if i is not None]
+        ids = [i for i in (experiment_id_of(client, name) for name in experiments) if i is not None]
     if not ids:
         return []
     return _search_all(client, ids, filter_string, order_by)
@@ -43,7 +43,7 @@ def child_runs(uri: str, parent_run_id: str, filter_string: str = "") -> list["R
     """The runs whose `mlflow.parentRunId` tag is `parent_run_id` (trials of a sweep, seeds of a retrain),
     oldest first, optionally narrowed by `filter_string` (ANDed)."""
     parent = get_run(uri, parent_run_id)
-    client = _client(resolve_tracking_uri(uri))
+    client = client_for(resolve_tracking_uri(uri))
     quoted = parent_run_id.replace("'", "")  # run ids are hex; never let one break out of the quotes
     combined = f"tags.mlflow.parentRunId = '{quoted}'"
     if filter_string.strip():
@@ -75,7 +75,7 @@ def _search_all(
             )
         except MlflowException as err:
             if err.error_code == "INVALID_PARAMETER_VALUE":
-                raise SupuqError(f"bad MLflow run filter {filter_string!r}: {_one_line(err)}") from None
+                raise SupuqError(f"bad MLflow run filter {filter_string!r}: {one_line(err)}") from None
             raise
         runs.extend(page)
         token = page.token
@@ -89,7 +89,7 @@ def get_run(uri: str, run_id: str) -> "Run":
 
     uri = resolve_tracking_uri(uri)
     try:
-        return _client(uri).get_run(run_id)
+        return client_for(uri).get_run(run_id)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise SupuqError(f"no MLflow run {run_id!r} in {uri}") from None
@@ -105,9 +105,9 @@ def download_artifact(uri: str, run_id: str, path: str, dst: str | os.PathLike[s
     dst.mkdir(parents=True, exist_ok=True)
     get_run(uri, run_id)  # unknown run -> SupuqError before the artifact layer's less specific message
     try:
-        local = _client(uri).download_artifacts(run_id, path, str(dst))
+        local = client_for(uri).download_artifacts(run_id, path, str(dst))
     except (MlflowException, OSError) as err:
-        raise SupuqError(f"MLflow run {run_id}: cannot download artifact {path!r}: {_one_line(err)}") from None
+        raise SupuqError(f"MLflow run {run_id}: cannot download artifact {path!r}: {one_line(err)}") from None
     return Path(local)
 
 

@@ -1,8 +1,7 @@
 """The local MLflow UI server: start `mlflow server` on a sqlite store, wait for `/health`, stop it.
 
-Process management only; the store layout, runs and queries are `supuq.tracking` (which re-exports
-`serve_ui`, `wait_for_health` and `stop_server`). `serve_ui` imports its store helpers from there when
-called, so this module loads without MLflow and without an import cycle.
+Process management only; the store itself is `supuq.tracking.store`. This module loads without MLflow
+(it starts `mlflow server` as a subprocess).
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .errors import SupuqError
+from ..errors import SupuqError
+from .store import check_reachable, client_for, default_artifact_root, one_line, resolve_tracking_uri, sqlite_path
 
 
 def wait_for_health(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> float:
@@ -69,22 +69,19 @@ def serve_ui(
     Stop it with `stop_server(proc)`; `proc.terminate()` also works (the mlflow CLI forwards SIGTERM to uvicorn).
     `allowed_hosts` is passed to `--allowed-hosts` for serving under a name other than localhost or a private IP.
     """
-    from .tracking import (_check_reachable, _client, _one_line, _sqlite_path, default_artifact_root,
-                           resolve_tracking_uri)
-
     uri = resolve_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         raise SupuqError(f"{uri} is already an MLflow server: open it in a browser")
-    if _sqlite_path(uri) is None:
+    if sqlite_path(uri) is None:
         raise SupuqError(f"cannot serve {uri}: `supuq ui` serves a local sqlite store (sqlite:///path/to/mlflow.db)")
     if _port_in_use(host, port):
         raise SupuqError(f"port {port} on {host} is already in use: choose another with --port")
     # Create the schema here rather than in the server, for the same reason as init_store.
-    _check_reachable(uri)
+    check_reachable(uri)
     try:
-        _client(uri).search_experiments(max_results=1)
+        client_for(uri).search_experiments(max_results=1)
     except Exception as err:
-        raise SupuqError(f"MLflow tracking store {uri}: {_one_line(err)}") from err
+        raise SupuqError(f"MLflow tracking store {uri}: {one_line(err)}") from err
 
     artifacts = default_artifact_root(uri)
     Path(artifacts).mkdir(parents=True, exist_ok=True)
@@ -131,4 +128,4 @@ def stop_server(proc: subprocess.Popen, timeout: float = 15.0) -> int | None:
     return proc.wait(timeout=timeout)
 
 
-__all__ = ["serve_ui", "stop_server", "wait_for_health"]
+

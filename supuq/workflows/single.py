@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, dump_config
-from .data.prepare import load_dataset
-from .evaluate import EvalResult, evaluate, fixed_figure_indices
-from .figures import curves_figure, uncertainty_figure
-from .train import FitResult, fit
+from ..config import Config, dump_config
+from ..data.prepare import load_dataset
+from ..evaluate import EvalResult, evaluate, fixed_figure_indices
+from ..figures import curves_figure, uncertainty_figure
+from ..train import FitResult, fit
 
 
 @dataclass
@@ -77,7 +77,7 @@ def train_and_evaluate(
         test, figures = evaluate_and_draw(fitted, out)
         return TrainOutcome(None, test, fitted, out, figures, time.perf_counter() - started)
 
-    from . import tracking
+    from .. import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment = tracking.experiment_name(cfg.data.dataset)
@@ -105,31 +105,25 @@ def reevaluate(
 
     Returns the result and the run id (None for a plain checkpoint file).
     """
-    import tempfile
+    from .. import tracking
+    from ..checkpoint import model_from_checkpoint
+    from ..tracking.checkpoints import local_checkpoint
 
-    from .checkpoint import model_from_checkpoint
-
-    if Path(model_ref).exists():
-        model, cfg = model_from_checkpoint(model_ref)
-        return _evaluate_loaded(model, cfg, samples, weight_samples, split), None
-
-    from . import tracking
-
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    run = tracking.get_run(uri, model_ref)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.download_artifact(uri, run.info.run_id, "checkpoint/checkpoint.pt", tmp)
-        model, cfg = model_from_checkpoint(path)
+    with local_checkpoint(model_ref, tracking_uri) as local:
+        model, cfg = model_from_checkpoint(local.path)
     result = _evaluate_loaded(model, cfg, samples, weight_samples, split)
+    if local.run_id is None:
+        return result, None
+    uri = tracking.resolve_tracking_uri(tracking_uri)
     experiment = tracking.experiment_name(cfg.data.dataset)
-    with tracking.tracked_run(uri, experiment, run_id=run.info.run_id) as tracked:
+    with tracking.tracked_run(uri, experiment, run_id=local.run_id) as tracked:
         prefix = f"{split}/" if samples == 50 else f"{split}{samples}/"
         tracked.log_metrics(result.as_dict(prefix), step=cfg.train.epochs)
-    return result, run.info.run_id
+    return result, local.run_id
 
 
 def _evaluate_loaded(model, cfg: Config, samples: int, weight_samples: int, split: str) -> EvalResult:
-    from .train import resolve_device
+    from ..train import resolve_device
 
     device = resolve_device(cfg.train.device)
     data = load_dataset(cfg.data)

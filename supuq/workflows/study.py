@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .best import METHOD_LABELS, mean_pm
-from .errors import SupuqError
+from .tables import METHOD_LABELS, mean_pm
+from ..errors import SupuqError
 
 METHODS = ("supervised", "kohl", "kendall_gal")
 SHORT = {"supervised": "ours", "kohl": "Prob. U-Net", "kendall_gal": "Kendall & Gal"}
@@ -45,11 +45,11 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
 
 def _learning_curves(uri: str, sweeps: dict[str, str], dataset: str, out_png: Path) -> list[str]:
     """Validation GED per epoch of each method's best sweep trial; returns notes on where curves come from."""
-    from . import tracking
-    from .report_figures import pyplot
+    from .. import tracking
+    from ..figures import pyplot
 
     plt = pyplot()
-    from .best import best_trial
+    from ..sweep.selection import best_trial
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     notes = []
@@ -78,7 +78,7 @@ def write_results(
     wall_time: str | None = None,
 ) -> Path:
     """Write the study markdown (and its PNGs beside it, under `<out stem>_files/`)."""
-    from . import tracking
+    from .. import tracking
 
     out = Path(out)
     assets = out.parent / f"{out.stem}_files"

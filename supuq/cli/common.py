@@ -1,0 +1,65 @@
+"""What every `supuq` command shares: the typer apps, the consoles, the one-line error wrapper, config loading
+and the progress bar."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from ..errors import SupuqError
+
+app = typer.Typer(
+    name="supuq",
+    help="Supervised uncertainty quantification for segmentation with multiple graders (Hu et al., MICCAI 2019).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Prepare, inspect and view dataset caches.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+# Piped output (CI logs, `| tee`) gets a fixed width wide enough for the tables; terminals keep their own.
+console = Console() if sys.stdout.isatty() else Console(width=130)
+err_console = Console(stderr=True)
+
+
+def user_errors(func):
+    """Turn SupuqError into a one-line message + exit 2, and Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except SupuqError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def load(config: Optional[Path], overrides: list[str], dataset: Optional[str] = None):
+    from ..config import default_config_path, load_config
+
+    path = config if config is not None else default_config_path(dataset or "synthetic")
+    return load_config(path, overrides)
+
+
+def progress_bar(label: str):
+    """A rich progress bar yielding progress(done, total)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def manager():
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+            task = bar.add_task(label, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+
+    return manager()

@@ -1,0 +1,64 @@
+"""`supuq data prepare | info | show`: build, inspect and view dataset caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import SupuqError
+from .common import console, data_app, load, user_errors
+from .tables import info_table
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
+    root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
+                                        "lidc-pickle: the data_lidc.pickle file."),
+    out: Optional[Path] = typer.Option(None, help="Cache folder (default data/<dataset>/)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
+    workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
+    task: Optional[str] = typer.Option(None, help="QUBIQ task folder under --root, e.g. brain-growth; NAME:2 for sub-task 2."),
+) -> None:
+    """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
+    from ..config import DATASETS
+    from ..data.prepare import describe, prepare
+    from ..data.types import MultiGraderSet
+
+    if dataset not in DATASETS:
+        raise SupuqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    cfg = load(config, set_, dataset)
+    if task is not None:
+        cfg = cfg.updated({"data.task": task})
+    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
+    console.print(info_table(path, describe(MultiGraderSet.load(path))))
+
+
+@data_app.command("info")
+@user_errors
+def data_info(cache: Path = typer.Argument(..., help="A cache folder written by `supuq data prepare`.")) -> None:
+    """Shape, graders, patients, fraction of empty masks, mean grader variance."""
+    from ..data.prepare import describe
+    from ..data.types import MultiGraderSet
+
+    console.print(info_table(cache, describe(MultiGraderSet.load(cache))))
+
+
+@data_app.command("show")
+@user_errors
+def data_show(
+    cache: Path = typer.Argument(..., help="A cache folder."),
+    out: Path = typer.Option(Path("data_show.png"), help="PNG to write."),
+    n: int = typer.Option(8, help="Number of images."),
+    seed: int = typer.Option(0, help="Which images (random choice seed)."),
+) -> None:
+    """A PNG grid of images with each grader's outline."""
+    from ..data.prepare import show
+    from ..data.types import MultiGraderSet
+
+    path = show(MultiGraderSet.load(cache), out, n=n, seed=seed)
+    console.print(f"wrote {path}")

@@ -1,0 +1,6 @@
+"""What the commands do, built from the core, `supuq.tracking` and `supuq.sweep`: one training run
+(`single`: `supuq train`, `supuq evaluate`), the retrain over seeds (`retrain`: `supuq best --retrain`), Table 2/3
+(`tables`) and the comparison study (`study`: `supuq results`).
+
+No re-exports: `retrain` and `study` pull in the sweep's selection rule, `single` does not.
+"""

@@ -1,0 +1,149 @@
+"""`supuq best --retrain`: retrain the best config over seeds (with the baselines) on train+val, test each
+model, and tabulate Table 2 (GED) and Table 3 (NCC), mean +- std over seeds.
+
+A retrain is a parent MLflow run (`supuq.kind=retrain`, tagged with the sweep it came from) with one child
+run per (method, seed); the parent holds the aggregated metrics, `results.md`, `results.json` and the best
+config. Seeds run in parallel as Ray tasks (one CPU each) unless `parallel=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import tracking
+from ..config import Config, dump_config, validate_config
+from ..sweep.selection import BestTrial
+from .tables import aggregate, common_subset_ncc, results_table
+
+@dataclass
+class RetrainOutcome:
+    parent_run_id: str
+    per_seed: dict[str, list[dict[str, float]]]
+    table: str
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def retrain_configs(
+    best: Config, seeds: int, baselines: bool, samples: int, tuned: dict[str, Config] | None = None
+) -> list[Config]:
+    """One config per (method, seed): trained on train+val, tested with `samples` (M=5 x K, or 1 x samples).
+
+    A baseline takes its own tuned config from `tuned` (e.g. the best trial of its own sweep) when given,
+    else the best config with that method's fixed settings (`Config.with_method`).
+    """
+    methods = ["supervised", "kohl", "kendall_gal"] if baselines else [best.model.method]
+    configs = []
+    for method in methods:
+        if method == best.model.method:
+            base = best
+        elif tuned and method in tuned:
+            base = tuned[method]
+        else:
+            base = best.with_method(method)
+        weight = base.eval.weight_samples if samples % base.eval.weight_samples == 0 else 1
+        for seed in range(seeds):
+            configs.append(base.updated({
+                "train.seed": seed, "train.train_on_val": True,
+                "eval.weight_samples": weight, "eval.latent_samples": samples // weight,
+            }))
+    return configs
+
+
+def _train_one(cfg_json: str, uri: str, parent_id: str, out_dir: str) -> dict[str, Any]:
+    """One retrain child run (a Ray task or a plain call): returns the test metrics and per-image NCCs."""
+    import torch
+
+    from .single import train_and_evaluate
+
+    torch.set_num_threads(1)
+    cfg = validate_config(json.loads(cfg_json))
+    outcome = train_and_evaluate(
+        cfg, uri, track=True, out_dir=out_dir, parent_run_id=parent_id,
+        run_name=f"{cfg.model.method}-seed{cfg.train.seed}", extra_tags={"supuq.kind": "retrain-seed"},
+    )
+    return {
+        "method": cfg.model.method, "seed": cfg.train.seed, "run_id": outcome.run_id,
+        "metrics": outcome.test.as_dict(""), "ncc_per_image": outcome.test.per_image["ncc"].tolist(),
+        "seconds": outcome.seconds,
+    }
+
+
+def retrain(
+    best: BestTrial | None,
+    cfg: Config,
+    uri: str,
+    seeds: int = 5,
+    baselines: bool = False,
+    samples: int = 50,
+    parallel: bool = True,
+    out_root: str | Path = "runs/retrain",
+    progress=None,
+    tuned: dict[str, BestTrial] | None = None,
+) -> RetrainOutcome:
+    """Retrain `cfg` (the best config) over `seeds` seeds (and the baselines), log and tabulate."""
+    started = time.perf_counter()
+    experiment = tracking.experiment_name(cfg.data.dataset)
+    tracking.init_store(uri, experiment)
+    configs = retrain_configs(cfg, seeds, baselines, samples, {m: t.config for m, t in (tuned or {}).items()})
+    tags = {"supuq.kind": "retrain", "supuq.dataset": cfg.data.dataset}
+    if best is not None:
+        tags.update({"supuq.sweep_run_id": best.sweep_run_id, "supuq.sweep_name": best.sweep_name,
+                     "supuq.best_trial_run": best.run_id})
+    for method, trial in (tuned or {}).items():
+        tags[f"supuq.sweep_name.{method}"] = trial.sweep_name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_root = Path(out_root) / f"{cfg.data.dataset}-{stamp}"
+    with tracking.tracked_run(uri, experiment, run_name=f"retrain-{cfg.data.dataset}-{stamp}", tags=tags) as parent:
+        parent.log_config(cfg)
+        parent.log_text(dump_config(cfg), "best_config.yaml")
+        jobs = [(json.dumps(c.model_dump(mode="json")), uri, parent.run_id,
+                 str(out_root / f"{c.model.method}-seed{c.train.seed}")) for c in configs]
+        results = _run_jobs(jobs, parallel, progress)
+        per_seed: dict[str, list[dict[str, float]]] = {}
+        for row in results:
+            per_seed.setdefault(row["method"], []).append(row["metrics"])
+        summary = aggregate(per_seed)
+        common = common_subset_ncc(results)
+        table = results_table(cfg.data.dataset, summary, seeds, samples, common)
+        for method, stats in summary.items():
+            parent.log_metrics({f"{method}/{k}": v for k, v in stats.items()}, step=0)
+        parent.log_text(table, "results.md")
+        parent.log_text(json.dumps({"summary": summary, "per_seed": per_seed, "ncc_common": common}, indent=2),
+                        "results.json")
+        parent_id = parent.run_id
+    return RetrainOutcome(parent_id, per_seed, table, summary, time.perf_counter() - started)
+
+
+def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any]]:
+    """Run retrain jobs as Ray tasks (1 CPU each) when `parallel`, else one after another."""
+    if not parallel:
+        out = []
+        for job in jobs:
+            out.append(_train_one(*job))
+            if progress:
+                progress(len(out), len(jobs))
+        return out
+    import ray
+
+    from ..sweep.cluster import connect_ray
+
+    started_here = connect_ray(None)  # the sweep's own start-up: same settings, same one-line errors
+    try:
+        task = ray.remote(num_cpus=1, max_retries=1)(_train_one)
+        pending = {task.remote(*job): i for i, job in enumerate(jobs)}
+        results: list[Any] = [None] * len(jobs)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                results[pending.pop(ref)] = ray.get(ref)
+            if progress:
+                progress(len(jobs) - len(pending), len(jobs))
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
