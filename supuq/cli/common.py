@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
@@ -63,3 +64,18 @@ def progress_bar(label: str):
             yield lambda done, total: bar.update(task, completed=done, total=total)
 
     return manager()
+
+
+@contextlib.contextmanager
+def ended_by_signals():
+    """Inside the block SIGTERM and SIGHUP end the command the way Ctrl-C does (KeyboardInterrupt), so its
+    `finally` clauses stop the servers it started; the previous handlers come back afterwards."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -13,7 +13,7 @@ import typer
 
 from .. import __version__
 from ..errors import SupuqError
-from .common import app, console, err_console, load, progress_bar, user_errors
+from .common import app, console, ended_by_signals, err_console, load, progress_bar, user_errors
 from .tables import metrics_table, pareto_table, sweep_table
 
 def _version(value: bool) -> None:
@@ -79,24 +79,29 @@ def evaluate(
 @app.command()
 @user_errors
 def ui(
-    port: int = typer.Option(5000, help="Port."),
+    port: int = typer.Option(5000, help="Port (1-65535)."),
     host: str = typer.Option("127.0.0.1", help="Interface; keep 127.0.0.1 unless the UI is behind authentication."),
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
 ) -> None:
-    """Start the MLflow UI on the local store (Ctrl-C stops it)."""
-    from ..tracking.server import serve_ui
-    from ..tracking import resolve_tracking_uri
+    """Start the MLflow UI on the local store and print each experiment's runs-table URL (Ctrl-C stops it)."""
+    from ..tracking.server import serve_ui, stop_server, ui_links
 
-    uri = resolve_tracking_uri(tracking_uri)
-    proc = serve_ui(uri, host=host, port=port)
-    console.print(f"MLflow UI on http://{host}:{port}  (store {uri}); Ctrl-C to stop")
-    try:
-        proc.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[bold yellow]warning:[/] the MLflow UI has no authentication: on {host} anyone who can "
+                          "reach this machine can read, change and delete every run", highlight=False, soft_wrap=True)
+    proc = serve_ui(tracking_uri, host=host, port=port)
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    with ended_by_signals():
+        try:
+            console.print(f"MLflow UI on {base}  (store {proc.store_uri}); Ctrl-C to stop", soft_wrap=True,
+                          highlight=False)
+            for name, url in ui_links(proc.store_uri, base):
+                console.print(f"  {name}: {url}", soft_wrap=True, highlight=False)
+            proc.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop_server(proc)
 
 
 @app.command()
@@ -180,12 +185,12 @@ def best(
     from ..sweep.selection import best_of_sweep, best_trial, find_sweep, pick_pareto, sweep_objective
     from ..workflows.retrain import retrain as run_retrain
     from ..sweep.space import OBJECTIVES, check_objective
-    from ..tracking import resolve_tracking_uri
+    from ..tracking import open_store
 
     if seeds < 1 or samples < 2:
         raise SupuqError("--seeds must be >= 1 and --samples >= 2")
     check_objective(objective)
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = open_store(tracking_uri)
     parent = find_sweep(uri, dataset, sweep)
     objective = objective or sweep_objective(parent)
     if pick is not None and objective != "both":
@@ -241,7 +246,7 @@ def results(
 ) -> None:
     """Write the comparison study (Table 2/3 style tables, the paper's three claims judged, curves, panels)."""
     from ..workflows.study import write_results
-    from ..tracking import resolve_tracking_uri
+    from ..tracking import open_store
 
     sweeps = {}
     for item in sweep_of:
@@ -249,7 +254,7 @@ def results(
         if not method or not name:
             raise SupuqError(f"--sweep-of {item!r}: expected METHOD=SWEEP")
         sweeps[method] = name
-    path = write_results(resolve_tracking_uri(tracking_uri), retrain_run, out, sweeps, list(command), wall_time)
+    path = write_results(open_store(tracking_uri), retrain_run, out, sweeps, list(command), wall_time)
     console.print(f"wrote {path}")
 
 
@@ -275,9 +280,9 @@ def report(
 ) -> None:
     """One self-contained HTML report (tables, figures, reliability; a sweep's Pareto front and ASHA stops)."""
     from ..report import write_report
-    from ..tracking import resolve_tracking_uri
+    from ..tracking import open_store
 
-    written = write_report(resolve_tracking_uri(tracking_uri), target, out, log_artifact=log)
+    written = write_report(open_store(tracking_uri), target, out, log_artifact=log)
     if written.logged:
         err_console.print(f"{written.kind} run {written.run_id}: logged as artifact report.html", highlight=False)
     typer.echo(str(written.path))

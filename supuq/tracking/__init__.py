@@ -16,7 +16,15 @@ from .runs import (
     tracked_run,
 )
 from .server import serve_ui, stop_server, wait_for_health
-from .store import DEFAULT_STORE, client_for, default_artifact_root, experiment_name, init_store, resolve_tracking_uri
+from .store import (
+    DEFAULT_STORE,
+    client_for,
+    default_artifact_root,
+    experiment_name,
+    init_store,
+    open_store,
+    resolve_tracking_uri,
+)
 
 __all__ = [
     "DEFAULT_STORE",
@@ -34,6 +42,7 @@ __all__ = [
     "find_runs",
     "get_run",
     "init_store",
+    "open_store",
     "resolve_tracking_uri",
     "search_runs",
     "serve_ui",

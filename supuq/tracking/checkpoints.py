@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import SupuqError
 from .queries import download_artifact, get_run
-from .store import resolve_tracking_uri
+from .store import open_store
 
 DEFAULT_ARTIFACT = "checkpoint/checkpoint.pt"
 """Where `supuq train` logs a run's checkpoint."""
@@ -51,7 +51,7 @@ def local_checkpoint(ref: str | Path, tracking_uri: str | None = None) -> Iterat
     else:
         raise SupuqError(f"{text}: no such checkpoint file, and not an MLflow run id (32 hex digits) or "
                          "runs:/<id>/<path>")
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = open_store(tracking_uri)
     run_id = get_run(uri, run_id).info.run_id
     with TemporaryDirectory(prefix="supuq-model-") as tmp:
         local = download_artifact(uri, run_id, artifact, tmp)

@@ -9,16 +9,20 @@ API keeps a process-global tracking URI and active-run stack, which is wrong as 
 Ray worker process or a thread.
 
 sqlite concurrency rule: several processes opening a *fresh* sqlite store at the same time race on the schema
-migration and can corrupt it for good. The driver therefore calls `init_store` once, before any worker starts;
-after that, concurrent writers are safe (MLflow sets a 20 s sqlite busy timeout).
+migration and can corrupt it for good. `open_store` creates the schema under a file lock, and every command
+(and the sweep driver, before any worker starts) calls it first; after that, concurrent writers are safe
+(MLflow sets a 20 s sqlite busy timeout).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +34,10 @@ if TYPE_CHECKING:  # mlflow takes ~1 s to import: only load it when tracking is 
 DEFAULT_STORE = "mlflow"
 """Folder (relative to the working directory) of the default local store: mlflow.db and artifacts/."""
 
+HEALTH_TIMEOUT_S = 5.0
+"""How long one check of a tracking server may take before the command gives up with one line."""
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -67,25 +74,57 @@ def experiment_name(dataset: str) -> str:
     return f"supuq/{dataset}"
 
 
-def init_store(uri: str, experiment: str) -> str:
-    """Prepare the store and get or create `experiment`; returns its id.
+def open_store(uri: str | None = None) -> str:
+    """Resolve `uri` (see `resolve_tracking_uri`), make sure the store answers and its schema exists; returns
+    the URI. Every command calls this once before it reads or writes runs.
 
-    Call once in the driver before any other process opens the store (see the module docstring). Raises
-    `SupuqError` with one line naming the URI when the store cannot be opened or the server cannot be reached.
+    A server is asked for `/health` once (`HEALTH_TIMEOUT_S`); a sqlite file must be a sqlite database. Creating
+    a fresh sqlite store is serialised by a lock file beside the database: two processes migrating the same new
+    store at once corrupt it (MLflow's alembic migration is not safe under concurrency). Raises `SupuqError`
+    with one line naming the URI when the store cannot be used.
     """
     uri = resolve_tracking_uri(uri)
     check_reachable(uri)
+    path = sqlite_path(uri)
     try:
-        # No mlflow.set_tracking_uri(): it also writes $MLFLOW_TRACKING_URI into os.environ, a hidden global that
-        # outlives this store (e.g. leaks between tests). Every function here takes the URI explicitly instead.
-        client = client_for(uri)
-        # Opening a sqlite store creates or migrates the schema; a read forces that here, in one process.
-        client.search_experiments(max_results=1)
-        return get_or_create_experiment(client, uri, experiment)
+        with _creation_lock(path):
+            # Opening a sqlite store creates or migrates the schema; a read forces that here, under the lock.
+            client_for(uri).search_experiments(max_results=1)
     except SupuqError:
         raise
     except Exception as err:  # MlflowException, sqlalchemy, OSError: all mean "this store is unusable"
-        raise SupuqError(f"MLflow tracking store {uri}: {one_line(err)}") from err
+        raise SupuqError(f"MLflow tracking store {uri}: {one_line(err)}") from None
+    return uri
+
+
+@contextmanager
+def _creation_lock(path: Path | None) -> Iterator[None]:
+    """An exclusive lock on `<db>.lock` for the duration of the block (no lock for a server URI)."""
+    if path is None:
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def init_store(uri: str, experiment: str) -> str:
+    """Open the store (`open_store`) and get or create `experiment`; returns its id.
+
+    Call once in the driver before any other process opens the store (see the module docstring).
+    """
+    uri = open_store(uri)
+    try:
+        # No mlflow.set_tracking_uri(): it also writes $MLFLOW_TRACKING_URI into os.environ, a hidden global that
+        # outlives this store (e.g. leaks between tests). Every function here takes the URI explicitly instead.
+        return get_or_create_experiment(client_for(uri), uri, experiment)
+    except SupuqError:
+        raise
+    except Exception as err:
+        raise SupuqError(f"MLflow tracking store {uri}: {one_line(err)}") from None
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -99,18 +138,26 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_reachable(uri: str) -> None:
-    """Fail fast with one line for a store MLflow would otherwise retry against for minutes."""
+    """Fail fast with one line for a store MLflow would otherwise retry against for minutes: a server that
+    does not answer `/health` within `HEALTH_TIMEOUT_S`, a sqlite path whose folder cannot be made, or a file
+    there that is not a sqlite database (a truncated or foreign file)."""
     path = sqlite_path(uri)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SupuqError(f"MLflow tracking store {uri}: cannot create {path.parent}: {err.strerror}") from None
+        if path.is_dir():
+            raise SupuqError(f"MLflow tracking store {uri}: {path} is a folder, not a sqlite file")
+        if path.is_file() and path.stat().st_size:
+            with open(path, "rb") as handle:
+                if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                    raise SupuqError(f"MLflow tracking store {uri}: {path} is not a sqlite database")
         return
     if uri.startswith(("http://", "https://")):
         health = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(health, timeout=10) as response:
+            with urllib.request.urlopen(health, timeout=HEALTH_TIMEOUT_S) as response:
                 if response.status != 200:
                     raise SupuqError(f"MLflow server {uri}: {health} answered HTTP {response.status}")
         except urllib.error.HTTPError as err:
