@@ -54,7 +54,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_config(state: dict[str, Any]) -> Config:
     """The resolved training config stored in a checkpoint (a JSON string)."""
-    return validate_config(json.loads(state["config"]), "checkpoint config")
+    try:
+        raw = json.loads(state["config"])
+    except (TypeError, ValueError):
+        raise SupuqError("checkpoint config is not valid JSON (a damaged or foreign checkpoint)") from None
+    if not isinstance(raw, dict):
+        raise SupuqError("checkpoint config is not a mapping of config sections (a damaged or foreign checkpoint)")
+    return validate_config(raw, "checkpoint config")
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, Any], where: str) -> torch.nn.Module:
+    """Load the checkpoint's weights into `model` built from its config; weights of another shape or another
+    network are one line (a checkpoint whose config was edited, or weights from elsewhere)."""
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else (first[0] if first else type(err).__name__)
+        raise SupuqError(f"{where}: weights do not fit the stored config ({detail[:200]})") from None
+    return model
 
 
 def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config]:
@@ -63,6 +81,5 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
 
     state = load_checkpoint(path)
     cfg = checkpoint_config(state)
-    model = build_model(cfg.model, cfg.loss)
-    model.load_state_dict(state["model"])
+    model = load_weights(build_model(cfg.model, cfg.loss), state, str(path))
     return model.to(device).eval(), cfg

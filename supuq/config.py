@@ -22,6 +22,28 @@ METHODS = ("supervised", "kohl", "kendall_gal")
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, raw: Any) -> Any:
+        """`epochs: true` is a typo, not 1: pydantic would read a boolean as a number, so refuse it here."""
+        if isinstance(raw, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(raw.get(name), bool) and bool not in _accepted_types(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(raw[name]).lower()}")
+        return raw
+
+
+def _accepted_types(annotation: Any) -> set:
+    """The plain types a field annotation admits (int | None -> {int, NoneType}; Literal and models count as
+    non-bool)."""
+    import types
+    import typing
+
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_accepted_types(a) for a in args))
+    return {annotation}
+
 
 class SyntheticConfig(_Strict):
     """Size of the generated synthetic set (used when `data.dataset == "synthetic"` and no cache exists)."""
@@ -249,7 +271,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a YAML config must be UTF-8 text)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

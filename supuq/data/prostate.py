@@ -122,19 +122,37 @@ def _itk_reason(err: RuntimeError) -> str:
 
 
 def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI silently (zero-filled), so compare the data length with the header's."""
+    """What ITK reads silently: a truncated NIfTI (zero-filled) or NaN/infinite voxels (read as 0). Compare the
+    data length with the header's, and check a float image's voxels are finite."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(540)
-            length = len(header)
-            while chunk := handle.read(1 << 24):
-                length += len(chunk)
+            content = handle.read()
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: unreadable or truncated image ({err.__class__.__name__}: {err})") from None
+    header = content[:540]
     expected = _nifti_expected_bytes(header)
-    if expected is not None and length < expected:
-        raise DataError(f"{path}: truncated image ({length} bytes of data and header, header says {expected})")
+    if expected is not None and len(content) < expected:
+        raise DataError(f"{path}: truncated image ({len(content)} bytes of data and header, header says {expected})")
+    floats = _nifti_float_voxels(header, content)
+    if floats is not None and not np.isfinite(floats).all():
+        bad = int((~np.isfinite(floats)).sum())
+        raise DataError(f"{path}: {bad} voxel(s) are NaN or infinite (ITK would read them as 0); fix or mask them first")
+
+
+def _nifti_float_voxels(header: bytes, content: bytes) -> np.ndarray | None:
+    """The voxels of a NIfTI-1 float32/float64 image as a flat array, else None (integers cannot be NaN)."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            datatype = struct.unpack(order + "h", header[70:72])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+            dtype = {16: "f4", 64: "f8"}.get(datatype)
+            if dtype is None:
+                return None
+            data = content[offset:]
+            size = np.dtype(dtype).itemsize
+            return np.frombuffer(data[: len(data) // size * size], dtype=order + dtype)
+    return None
 
 
 def _nifti_expected_bytes(header: bytes) -> int | None:

@@ -69,7 +69,9 @@ def scalar_image(image):
     n = image.GetNumberOfComponentsPerPixel()
     if n == 1:
         return image
-    parts = [sitk.GetArrayViewFromImage(sitk.VectorIndexSelectionCast(image, i)) for i in range(n)]
+    # Copies, not views: a view of the temporary each cast returns points at memory freed with it, and two such
+    # views could compare equal whatever the channels held.
+    parts = [sitk.GetArrayFromImage(sitk.VectorIndexSelectionCast(image, i)) for i in range(n)]
     colour = parts[:3] if n == 4 else parts  # RGBA: alpha may differ from the grey channels
     if any(not np.array_equal(colour[0], p) for p in colour[1:]):
         raise SupuqError(f"a {n}-channel colour image; the model takes one grey channel (convert it to grey first)")

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..checkpoint import checkpoint_config, load_checkpoint
+from ..checkpoint import checkpoint_config, load_checkpoint, load_weights
 from ..config import Config
 from ..data.preprocessing import apply as preprocess
 from ..errors import SupuqError
@@ -86,12 +86,7 @@ def _loaded(state: dict[str, Any], source: dict[str, Any], device) -> LoadedMode
     from ..models import build_model
 
     cfg = checkpoint_config(state)
-    model = build_model(cfg.model, cfg.loss)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise SupuqError(f"{source.get('path', source.get('ref'))}: weights do not fit the stored config "
-                         f"({str(err).splitlines()[0]})") from None
+    model = load_weights(build_model(cfg.model, cfg.loss), state, str(source.get("path", source.get("ref"))))
     try:
         meta = json.loads(state.get("data_meta") or "{}")
     except (TypeError, json.JSONDecodeError):
