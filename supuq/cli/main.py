@@ -25,8 +25,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show third-party output (MLflow, Ray, Optuna, Tune); "
+                                 "also SUPUQ_VERBOSE=1."),
 ) -> None:
     """supuq command line."""
+    from .. import verbosity
+
+    verbosity.configure(verbose)
 
 
 @app.command()

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from ..errors import SupuqError
+from ..verbosity import ray_logging_level
 from .space import SweepSpace
 
 
@@ -22,7 +23,7 @@ def connect_ray(address: str | None, cpus: float | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING", "log_to_driver": False}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": ray_logging_level(), "log_to_driver": False}
     try:
         if address:
             ray.init(address=address, **kwargs)

@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from ..verbosity import quiet_optuna
 from .space import SweepSpace
 
 NCC_WORST = -1.0
@@ -26,7 +27,12 @@ def searchable(result: dict[str, Any]) -> dict[str, Any]:
 class NanSafeOptunaSearch(OptunaSearch):
     """Ray's OptunaSearch, told `NCC_WORST` instead of a NaN NCC: Optuna would otherwise fail that trial (a
     NaN objective is not acceptable to `study.tell`) and TPE would learn nothing from it. Only the searcher
-    sees the substitute; Tune's results and MLflow keep the NaN."""
+    sees the substitute; Tune's results and MLflow keep the NaN. Optuna's own INFO lines are silenced unless
+    the user asked for them (`supuq.verbosity`)."""
+
+    def __init__(self, *args, **kwargs):
+        quiet_optuna()
+        super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, searchable(result))

@@ -183,7 +183,7 @@ def load_space(path: str | Path) -> SweepSpace:
 
 def default_space_path(dataset: str) -> Path:
     name = "lidc" if dataset == "lidc-toolbox" else dataset
-    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
         candidate = root / "sweep" / f"{name}.yaml"
         if candidate.is_file():
             return candidate
