@@ -38,11 +38,3 @@ def configure(verbose_flag: bool = False) -> bool:
 def ray_logging_level() -> str:
     """`ray.init(logging_level=...)`: WARNING when verbose, else ERROR (hides the token-authentication notice)."""
     return "WARNING" if verbose() else "ERROR"
-
-
-def quiet_optuna() -> None:
-    """Optuna logs "A new study created" at INFO on every sweep; keep warnings."""
-    if not verbose():
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)

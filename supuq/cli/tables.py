@@ -9,56 +9,78 @@ from rich.table import Table
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     """Test or re-evaluation metrics, one row per run (`supuq train`, `supuq evaluate`)."""
-    table = Table(title=title, caption="NCC: predicted aleatoric vs grader variance (excl.: images with a constant map); "
-                  "NCC true: vs the generator's p*(1-p*); div.: E d(S,S')")
-    for column in ("run", "GED", "NCC", "excl.", "NCC true", "div.", "E d(S,Y)"):
-        table.add_column(column, justify="right")
+    table = compact(title, caption="NCC: predicted aleatoric vs grader variance (excl.: images with a constant "
+                    "map); NCC true: vs the generator's p*(1-p*); div.: E d(S,S')")
+    text_column(table, "run")
+    for column in ("GED", "NCC", "excl.", "NCC true", "div.", "E d(S,Y)"):
+        number_column(table, column)
     for name, m in rows.items():
-        true = f"{m['ncc_true']:.3f}" if m.get("ncc_true") is not None else "-"
-        table.add_row(
-            name, f"{m['ged']:.4f}", f"{m['ncc']:.3f}", f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", true,
-            f"{m['diversity']:.3f}", f"{m['dist_sy']:.3f}",
-        )
+        table.add_row(name, _num(m["ged"], ".4f"), _num(m["ncc"], ".3f"),
+                      f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", _num(m.get("ncc_true"), ".3f"),
+                      _num(m["diversity"], ".3f"), _num(m["dist_sy"], ".3f"))
     return table
+
+
+def compact(title: str, caption: str | None = None) -> Table:
+    """A table that fits an 80-column terminal: a rule under the header instead of boxes, no edge padding.
+    Numbers never wrap (a number split over two lines misreads); text columns give way first."""
+    return Table(title=title, caption=caption, box=None, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold underline")
+
+
+def number_column(table: Table, name: str) -> None:
+    table.add_column(name, justify="right", no_wrap=True)
+
+
+def text_column(table: Table, name: str) -> None:
+    table.add_column(name, justify="left", no_wrap=True)
+
+
+def _num(value, spec: str) -> str:
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return str(value) if value not in (None, "") else "-"
+
+
+STATUS_WORDS = {"TERMINATED": "done", "ERROR": "failed", "PENDING": "pending", "RUNNING": "running"}
 
 
 def sweep_table(name: str, trials: list[dict]) -> Table:
-    """`supuq sweep`'s closing table: the given trials (the top ones by validation GED), one row each."""
-    table = Table(title=f"sweep {name}: top trials by validation GED")
-    for column in ("trial", "status", "epochs", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr"):
-        table.add_column(column, justify="right")
+    """`supuq sweep`'s closing table: the given trials (the top ones by validation GED), one row each, with one
+    column per searched parameter (named by its last dotted part)."""
+    table = compact(f"sweep {name}: top trials by validation GED (GED, NCC: last validation epoch)")
+    searched = list(dict.fromkeys(key for t in trials for key in t["params"]))
+    for column in ("trial", "status"):
+        text_column(table, column)
+    for column in ("ep", "GED", "NCC"):
+        number_column(table, column)
+    for key in searched:
+        number_column(table, key.split(".")[-1])
     for t in trials:
         p, m = t["params"], t["metrics"]
-        table.add_row(
-            t["trial_id"], t["status"], str(t["epochs"]), f"{m.get('val/ged', float('nan')):.4f}",
-            f"{m.get('val/ncc', float('nan')):.3f}", f"{p.get('loss.beta', float('nan')):.3g}",
-            f"{p.get('loss.gamma', float('nan')):.3g}", str(p.get("model.weight_noise.prior", "-")),
-            f"{p.get('model.weight_noise.prior_std', float('nan')):.3g}", f"{p.get('optim.lr', float('nan')):.2e}",
-        )
+        table.add_row(t["trial_id"], STATUS_WORDS.get(t["status"], t["status"].lower()), str(t["epochs"]),
+                      _num(m.get("val/ged"), ".4f"), _num(m.get("val/ncc"), ".3f"),
+                      *(_num(p.get(k), ".3g") for k in searched))
     return table
+
+
+PARETO_KEYS = ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr")
 
 
 def pareto_table(parent, front: list[dict]) -> Table:
     """A sweep's Pareto-optimal trials (min val/ged, max val/ncc), numbered from 1 for `supuq best --pick`."""
-    table = Table(title=f"sweep {parent.info.run_name}: Pareto-optimal trials (min val/ged, max val/ncc)",
-                  caption="NCC nan: no validation image with a non-constant map (ranked as the worst NCC)")
-    for column in ("pick", "trial", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr", "run id"):
-        table.add_column(column, justify="right", overflow="fold")
-
-    def short(value: str | None) -> str:
-        try:
-            return f"{float(value):.3g}"
-        except (TypeError, ValueError):
-            return value or "-"
-
+    table = compact(f"sweep {parent.info.run_name}: Pareto-optimal trials (min val/ged, max val/ncc)",
+                    caption="GED, NCC: last validation epoch; NCC nan: no validation image with a non-constant map "
+                    "(ranked as the worst NCC)")
+    number_column(table, "pick")
+    text_column(table, "trial")
+    for column in ("GED", "NCC", *(k.split(".")[-1] for k in PARETO_KEYS)):
+        number_column(table, column)
+    text_column(table, "run")
     for number, row in enumerate(front, 1):
         m, p = row["metrics"], row["params"]
-        table.add_row(
-            str(number), row["name"], f"{m['val/ged']:.4f}", f"{m.get('val/ncc', float('nan')):.3f}",
-            *(short(p.get(k)) for k in ("loss.beta", "loss.gamma", "model.weight_noise.prior",
-                                         "model.weight_noise.prior_std", "optim.lr")),
-            row["run_id"],
-        )
+        table.add_row(str(number), row["name"].rsplit("_", 1)[-1], _num(m["val/ged"], ".4f"), _num(m.get("val/ncc"), ".3f"),
+                      *(_num(p.get(k), ".3g") for k in PARETO_KEYS), row["run_id"][:8])
     return table
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from ..verbosity import quiet_optuna
+from ..verbosity import verbose
 from .space import SweepSpace
 
 NCC_WORST = -1.0
@@ -31,7 +31,10 @@ class NanSafeOptunaSearch(OptunaSearch):
     the user asked for them (`supuq.verbosity`)."""
 
     def __init__(self, *args, **kwargs):
-        quiet_optuna()
+        if not verbose():  # Optuna logs "A new study created" at INFO on every sweep; keep its warnings
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
