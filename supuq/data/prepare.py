@@ -3,7 +3,8 @@
 Caches live in `data/<dataset>/` under the working directory (synthetic: `data/synthetic-n<N>-s<S>-g<D>-seed<K>/`
 so different sizes never collide; qubiq: `data/qubiq-<task>/`) unless a path is given. lidc-pickle's `root` is the
 pickle file (or its folder). Real-data loaders are imported lazily, so the
-synthetic path needs neither pylidc nor SimpleITK.
+synthetic path needs neither pylidc nor SimpleITK. A prepare replaces only an earlier supuq cache (and says so);
+any other folder or file at the output path is refused before any work starts (`types.check_cache_target`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..config import DATASETS, DataConfig
 from ..errors import DataError
-from .types import MultiGraderSet
+from .types import MultiGraderSet, check_cache_target
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,13 @@ def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None
             cfg: DataConfig | None = None, workers: int | None = None) -> Path:
     """Build `dataset` from `root` and write its cache (atomically) to `out` or the default folder; return it.
 
-    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise).
+    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise). `out` must be missing, empty or an earlier supuq cache, which is then
+    replaced with a printed line; anything else is a DataError before any data is read.
     """
     _check_dataset(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
     out = Path(out) if out is not None else default_cache_dir(dataset, cfg)
+    previous = check_cache_target(out)
     if dataset == "synthetic" and root is not None:
         log.info("synthetic data is generated; ignoring root %s", root)
         root = None
@@ -109,6 +113,9 @@ def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None
     work_dir = out.parent / f"{out.name}_scans"
     ds = build(dataset, root, cfg, workers=workers, work_dir=work_dir)
     path = ds.save(out)
+    if previous is not None:
+        print(f"replaced the earlier supuq cache in {path} ({previous.get('dataset', 'unknown dataset')}, "
+              f"{previous.get('count')} images) by this one", file=sys.stderr, flush=True)
     log.info("wrote %s: %d images, %d graders, %dx%d", path, len(ds), ds.graders, *ds.size)
     return path
 
