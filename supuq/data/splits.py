@@ -185,8 +185,8 @@ def _split_hash(groups: np.ndarray, f: np.ndarray, seed: int) -> Split:
     if empty:
         raise DataError(
             f"the patient-hash split of {len(unique)} group(s) leaves {' and '.join(empty)} empty: no patient id "
-            f"hashes into its share; add patients (with about 25, an empty split is unlikely at fractions 0.7/0.15/0.15) or "
-            "change data.split_seed"
+            "hashes into its share; add patients (with about 25, an empty split is unlikely at fractions "
+            "0.7/0.15/0.15) or change data.split_seed"
         )
     split_of_image = owner[inverse]
     parts = [np.flatnonzero(split_of_image == j).astype(np.int64) for j in range(3)]
@@ -200,6 +200,6 @@ def dataset_split(data: MultiGraderSet, cfg: DataConfig) -> Split:
         return split_indices(data.groups, cfg.fractions, cfg.split_seed, "slice")
     rule = data.meta.get("split_rule", "group")
     if rule not in PATIENT_RULES:
-        raise DataError(f"the cache's meta split_rule {rule!r} is not one this supuq knows ({', '.join(PATIENT_RULES)}); "
-                        "prepare it again")
+        raise DataError(f"the cache's meta split_rule {rule!r} is not one this supuq knows "
+                        f"({', '.join(PATIENT_RULES)}); prepare it again")
     return split_indices(data.groups, cfg.fractions, cfg.split_seed, rule)
