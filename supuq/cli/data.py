@@ -18,10 +18,10 @@ def data_prepare(
     dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
     root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
                                         "lidc-pickle: the data_lidc.pickle file."),
-    out: Optional[Path] = typer.Option(None, help="Cache folder. Default under the working directory: "
-                                       "data/synthetic-n<N>-s<size>-g<graders>-seed<seed> for synthetic (with "
-                                       "configs/synthetic.yaml: data/synthetic-n800-s32-g4-seed0), data/qubiq-<task> "
-                                       "for qubiq, data/<dataset> otherwise. Replaces only an earlier supuq cache."),
+    out: Optional[Path] = typer.Option(None, help="Cache folder; default under the working directory: synthetic "
+                                       "data/synthetic-n<N>-s<S>-g<D>-seed<K> from the config (configs/synthetic.yaml: "
+                                       "data/synthetic-n800-s32-g4-seed0), qubiq data/qubiq-<task>, others "
+                                       "data/<dataset>. Replaces only an earlier supuq cache."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
     workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
