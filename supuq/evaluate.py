@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .config import DataConfig
-from .data.splits import split_indices
+from .data.splits import dataset_split
 from .data.types import MultiGraderSet
 from .metrics import brier, ged_terms, ncc, reliability, summarize_ncc
 from .sampling import binarize, decompose, grader_mean, grader_variance
@@ -71,7 +71,8 @@ def evaluate(
     device: str | torch.device | None = None,
     data_cfg: DataConfig | None = None,
 ) -> EvalResult:
-    """Evaluate on a named split of `data` (split rebuilt from `data_cfg`'s seed, fractions and mode).
+    """Evaluate on a named split of `data` (split rebuilt by `splits.dataset_split` from `data_cfg`'s seed,
+    fractions and mode and the cache's split rule).
 
     A model without weight noise (Kohl) draws 1 x (weight_samples * latent_samples) latent samples, so every
     method is scored on the same number of samples.
@@ -82,7 +83,7 @@ def evaluate(
         index = np.arange(len(data))
     else:
         data_cfg = data_cfg or DataConfig()
-        parts = split_indices(data.groups, data_cfg.fractions, data_cfg.split_seed, data_cfg.split_by)
+        parts = dataset_split(data, data_cfg)
         index = getattr(parts, split)
     if not getattr(model, "has_weight_noise", False):
         weight_samples, latent_samples = 1, weight_samples * latent_samples

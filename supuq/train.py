@@ -24,7 +24,7 @@ from .augment import Augmenter
 from .checkpoint import CHECKPOINT_NAME, checkpoint_config, load_checkpoint, save_checkpoint
 from .config import Config
 from .data.prepare import load_dataset
-from .data.splits import Split, split_indices
+from .data.splits import Split, dataset_split
 from .data.types import MultiGraderSet
 from .errors import SupuqError, TrainingDiverged
 from .evaluate import evaluate_indices, validation_grid
@@ -98,7 +98,7 @@ def fit(
     """
     seed_everything(cfg.train.seed)
     data = data if data is not None else load_dataset(cfg.data)
-    split = split_indices(data.groups, cfg.data.fractions, cfg.data.split_seed, cfg.data.split_by)
+    split = dataset_split(data, cfg.data)
     device = resolve_device(cfg.train.device)
 
     train_idx = np.sort(training_indices(split, cfg))  # ascending rows: sequential reads from the mmap cache

@@ -16,9 +16,13 @@ from PIL import Image
 
 from supuq.data.crops import bbox_center, crop_centered
 from supuq.data.preprocessing import hu_window
-from supuq.data.lidc import NO_ROOT_MESSAGE, _import_pylidc, configure_pylidcrc, load_lidc
+from supuq.data.lidc import load_lidc
 from supuq.data.lidc_files import load_toolbox
+from supuq.data.lidc_root import NO_ROOT_MESSAGE, configure_pylidcrc, import_pylidc
 from supuq.errors import DataError
+
+from .lidc_dicom import lidc_home  # noqa: F401 (a fixture)
+from .lidc_dicom import annotated_ks, expected_pairs, write_series
 
 SMALL_STUDY = "191425307197546732281885591780"  # LIDC-IDRI-0004 in the sample: 5 slices, 4 readers
 CENTER = (128 - 1) / 2  # geometric centre of a 128-pixel crop
@@ -53,7 +57,8 @@ def test_hu_window_and_bbox_center():
 
 
 def test_lidc_module_import_is_cheap():
-    code = "import sys, supuq.data.lidc, supuq.data.lidc_files; assert 'pylidc' not in sys.modules"
+    code = ("import sys, supuq.data.lidc, supuq.data.lidc_files, supuq.data.lidc_presence, supuq.data.lidc_scan; "
+            "assert 'pylidc' not in sys.modules and 'pydicom' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -91,7 +96,7 @@ def test_toolbox_sample_end_to_end(toolbox_sample):
 def test_toolbox_masks_are_pylidc_masks_shifted(toolbox_sample):
     """Cross-check with pylidc's database: per patient the same (nodule, slice) count, and each reader's toolbox
     mask equals one annotation's pylidc mask shifted by one pixel (the sample README's known fact)."""
-    pl = _import_pylidc()
+    pl = import_pylidc()
     s = load_toolbox(toolbox_sample, max_graders=4)
     items = s.meta["items"]
     for pid in ("LIDC-IDRI-0004",):  # one patient keeps the test short
@@ -181,77 +186,11 @@ def test_toolbox_missing_image(tmp_path, toolbox_sample):
 MAIN_PID, CROWDED_PID, SMALL_PID, EMPTY_PID = "LIDC-IDRI-0078", "LIDC-IDRI-0366", "LIDC-IDRI-0957", "LIDC-IDRI-0028"
 
 
-def _hu_slice(k: int) -> np.ndarray:
-    """Synthetic CT slice k in HU, int16 [512, 512]: distinct per slice, so a wrong slice shows up."""
-    rng = np.random.default_rng(k)
-    return rng.integers(-1024, 600, size=(512, 512), dtype=np.int16)
-
-
-def _write_series(root: Path, scan, only_k: set[int] | None = None) -> Path:
-    """A DICOM series for `scan` under root/<PatientID>/<StudyUID>/<SeriesUID>/ (pylidc's first lookup):
-    the database's UIDs and z positions, stored = HU + 1024 as uint16 with RescaleIntercept -1024."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    folder = root / scan.patient_id / scan.study_instance_uid / scan.series_instance_uid
-    folder.mkdir(parents=True)
-    for k, z in enumerate(scan.slice_zvals):
-        if only_k is not None and k not in only_k:
-            continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = uid = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, uid, "CT"
-        ds.PatientID = scan.patient_id
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = scan.study_instance_uid, scan.series_instance_uid
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [-170.0, -170.0, round(float(z), 6)]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [round(float(scan.pixel_spacing), 6)] * 2
-        ds.SliceThickness = round(float(scan.slice_thickness), 6)
-        ds.Rows = ds.Columns = 512
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (_hu_slice(k).astype(np.int32) + 1024).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"{k:06d}.dcm", enforce_file_format=True)
-    return folder
-
-
-def _annotated_ks(scan) -> set[int]:
-    return {int(k) for ann in scan.annotations for k in ann.contour_slice_indices}
-
-
-@pytest.fixture
-def lidc_home(tmp_path, monkeypatch):
-    """A HOME without ~/.pylidcrc and no $SUPUQ_LIDC_ROOT, so pylidc's config is the test's own."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.delenv("SUPUQ_LIDC_ROOT", raising=False)
-    return home
-
-
-def _expected_pairs(scan, max_graders: int = 4) -> dict[tuple[int, int], list]:
-    """{(nodule index, slice k): kept annotations} from pylidc alone, independently of load_lidc."""
-    pairs = {}
-    for index, nodule in enumerate(scan.cluster_annotations(verbose=False)):
-        kept = sorted(nodule, key=lambda a: a.id)[:max_graders]
-        for ann in kept:
-            mask, bb = ann.boolean_mask(), ann.bbox_matrix()
-            for dk in np.flatnonzero(mask.any(axis=(0, 1))):
-                pairs[(index, int(bb[2, 0] + dk))] = kept
-    return pairs
-
-
 def test_pylidc_route_end_to_end_and_resume(tmp_path, lidc_home, capsys):
-    pl = _import_pylidc()
+    pl = import_pylidc()
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == MAIN_PID).first()
     dicom = tmp_path / "dicom"
-    _write_series(dicom, scan)
+    write_series(dicom, scan)
     work = tmp_path / "work"
 
     start = time.perf_counter()
@@ -263,7 +202,7 @@ def test_pylidc_route_end_to_end_and_resume(tmp_path, lidc_home, capsys):
         print(f"\npylidc route: {len(s)} patches from 1 scan ({len(scan.slice_zvals)} slices) in {seconds:.2f} s "
               f"(per-scan extraction {s.meta['timing']['seconds_per_scan']} s)")
 
-    expected = _expected_pairs(scan)
+    expected = expected_pairs(scan)
     items = s.meta["items"]
     assert len(s) == len(expected) == s.meta["counts"]["patches"]
     assert set(zip(items["nodule"], items["k"])) == set(expected)
@@ -310,27 +249,29 @@ def test_pylidc_route_end_to_end_and_resume(tmp_path, lidc_home, capsys):
 def test_pylidc_pool_partial_series_and_dropped(tmp_path, lidc_home, capsys):
     """Scans through the spawned process pool, each with only its annotated slices on disk; the nodule with
     7 annotations keeps 4 and says that 3 were dropped."""
-    pl = _import_pylidc()
+    pl = import_pylidc()
     dicom = tmp_path / "dicom"
     scans = {pid: pl.query(pl.Scan).filter(pl.Scan.patient_id == pid).first() for pid in (CROWDED_PID, SMALL_PID)}
     for scan in scans.values():
-        _write_series(dicom, scan, only_k=_annotated_ks(scan))
-    # A scan without annotations in the database needs no DICOM files and gives no patch.
+        write_series(dicom, scan, only_k=annotated_ks(scan))
+    # A scan without annotations in the database needs no decoded slice and gives no patch; it counts as present
+    # (and so prepared) once its series folder is there, here with one file.
+    write_series(dicom, pl.query(pl.Scan).filter(pl.Scan.patient_id == EMPTY_PID).first(), only_k={0})
     s = load_lidc(root=dicom, scans=[*scans, EMPTY_PID], work_dir=tmp_path / "work", workers=2, progress=True)
     assert s.meta["counts"]["scans"] == 3 and s.meta["counts"]["scans_computed"] == 3
     out = capsys.readouterr().err
     assert "dropped 3 annotations" in out and s.meta["counts"]["dropped_annotations"] == 3
-    assert len(s) == sum(len(_expected_pairs(scan)) for scan in scans.values())
+    assert len(s) == sum(len(expected_pairs(scan)) for scan in scans.values())
     assert list(dict.fromkeys(s.groups.tolist())) == [CROWDED_PID, SMALL_PID]  # sorted by patient id
     assert max(s.meta["items"]["annotations"]) == 4
     _assert_centered(s.masks)
 
 
 def test_pylidc_missing_slice_names_it(tmp_path, lidc_home):
-    pl = _import_pylidc()
+    pl = import_pylidc()
     scan = pl.query(pl.Scan).filter(pl.Scan.patient_id == SMALL_PID).first()
-    ks = sorted(_annotated_ks(scan))
-    _write_series(tmp_path / "dicom", scan, only_k=set(ks[1:]))
+    ks = sorted(annotated_ks(scan))
+    write_series(tmp_path / "dicom", scan, only_k=set(ks[1:]))
     with pytest.raises(DataError, match=rf"no DICOM slice at z={scan.slice_zvals[ks[0]]:.3f}"):
         load_lidc(root=tmp_path / "dicom", scans=[SMALL_PID], work_dir=tmp_path / "work", workers=1, progress=False)
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import supuq.data.types as types
-from supuq.config import DataConfig, SyntheticConfig
+from supuq.cli import app
+from supuq.config import DataConfig, SyntheticConfig, default_config_path, load_config
 from supuq.data.prepare import default_cache_dir, describe, load_dataset, prepare, show
 from supuq.data.types import MultiGraderSet
 from supuq.errors import DataError
@@ -124,3 +129,113 @@ def test_interrupted_write_leaves_no_cache(tmp_path, monkeypatch):
         prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
     assert not (tmp_path / "cache").exists()
     assert list(tmp_path.iterdir()) == []  # the temporary folder is gone too
+
+
+# --- the output folder: a prepare never loses the user's files (issue 15) ----------------------------------
+
+runner = CliRunner()
+TINY = ["--set", "data.synthetic.n=24", "--set", "data.synthetic.size=16", "--set", "data.synthetic.graders=3"]
+
+
+def _tree(folder: Path) -> dict[str, bytes | None]:
+    """Every path under `folder` (hidden ones too) -> its bytes (None for folders)."""
+    return {str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes()) for p in sorted(folder.rglob("*"))}
+
+
+def _user_folder(base: Path) -> Path:
+    (base / "mine").mkdir()
+    (base / "mine" / "thesis.txt").write_bytes(b"chapter 1\n\x00\xff")
+    return base / "mine"
+
+
+def _user_file(base: Path) -> Path:
+    (base / "notes").write_bytes(b"not a folder")
+    return base / "notes"
+
+
+def _below_a_file(base: Path) -> Path:
+    return _user_file(base) / "cache"
+
+
+def _cache_with_a_user_file(base: Path) -> Path:
+    folder = prepare("synthetic", out=base / "cache", cfg=SMALL)
+    (folder / "README.txt").write_text("my notes on this cache")
+    return folder
+
+
+def _foreign_meta(base: Path) -> Path:
+    (base / "other").mkdir()
+    (base / "other" / "meta.json").write_text(json.dumps({"dataset": "mine", "author": "me"}))
+    return base / "other"
+
+
+def _link_to_a_cache(base: Path) -> Path:
+    (base / "link").symlink_to(prepare("synthetic", out=base / "cache", cfg=SMALL), target_is_directory=True)
+    return base / "link"
+
+
+@pytest.mark.parametrize("make, needle", [
+    (_user_folder, "a folder that is not a supuq cache"),
+    (_user_file, "an existing file, not a supuq cache"),
+    (_below_a_file, "is a file, not a folder"),
+    (_cache_with_a_user_file, "a supuq cache that also holds README.txt"),
+    (_foreign_meta, "a folder that is not a supuq cache"),
+    (_link_to_a_cache, "a symbolic link"),
+])
+def test_prepare_refuses_what_is_not_a_supuq_cache(tmp_path, make, needle):
+    base = tmp_path / "work"
+    base.mkdir()
+    out = make(base)
+    before = _tree(base)
+    result = runner.invoke(app, ["data", "prepare", "synthetic", "--out", str(out), *TINY])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {out}: ") and needle in lines[0], result.output
+    assert _tree(base) == before  # byte-identical, and nothing added beside (no temporary or renamed folder)
+
+
+def test_prepare_replaces_a_supuq_cache_and_says_so(tmp_path):
+    out = tmp_path / "cache"
+    first = runner.invoke(app, ["data", "prepare", "synthetic", "--out", str(out), *TINY])
+    assert first.exit_code == 0 and "replaced" not in first.output, first.output
+    smaller = ["--set", "data.synthetic.n=12", *TINY[2:]]
+    again = runner.invoke(app, ["data", "prepare", "synthetic", "--out", str(out), *smaller])
+    assert again.exit_code == 0, again.output
+    assert again.stderr.strip().splitlines() == [f"replaced the earlier supuq cache in {out} (synthetic, 24 images) "
+                                                 "by this one"]
+    assert len(MultiGraderSet.load(out)) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no .cache.old-PID left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder holds nothing to lose: written, nothing to say
+    made = runner.invoke(app, ["data", "prepare", "synthetic", "--out", str(empty), *TINY])
+    assert made.exit_code == 0 and made.stderr == "", made.output
+    assert (empty / "meta.json").is_file()
+
+
+def test_default_synthetic_folder_taken_by_user_files_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "data" / "synthetic-n24-s16-g3-seed2"
+    folder.mkdir(parents=True)
+    (folder / "thesis.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a supuq cache"):
+        load_dataset(SMALL)
+    assert [p.name for p in folder.iterdir()] == ["thesis.txt"]
+
+
+@pytest.mark.parametrize("umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_cache_permissions_follow_the_umask(tmp_path, umask, folder_mode, file_mode):
+    """Group-readable under the usual umasks (the temporary folder used to make every cache 0700)."""
+    old = os.umask(umask)
+    try:
+        path = prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == folder_mode
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {file_mode}
+
+
+def test_out_help_names_the_real_default_folder():
+    """The --out help shows the folder the default synthetic config really gets (not data/<dataset>/)."""
+    name = default_cache_dir("synthetic", load_config(default_config_path("synthetic")).data).name
+    help_text = " ".join(runner.invoke(app, ["data", "prepare", "--help"], terminal_width=200).output.split())
+    assert f"data/{name}" in help_text and "data/<dataset>/" not in help_text

