@@ -15,6 +15,18 @@ from rich.console import Console
 
 from ..errors import SupuqError
 
+def _flag_takes_no_value(display_type_rich):
+    """typer 0.29 shows `<bool>` beside every flag (--help included), as if it took a value: show nothing."""
+
+    @functools.wraps(display_type_rich)
+    def display(self, ctx):
+        return None if getattr(self, "is_bool_flag", False) else display_type_rich(self, ctx)
+
+    return display
+
+
+typer.core.TyperOption.display_type_rich = _flag_takes_no_value(typer.core.TyperOption.display_type_rich)
+
 app = typer.Typer(
     name="supuq",
     help="Supervised uncertainty quantification for segmentation with multiple graders (Hu et al., MICCAI 2019).",

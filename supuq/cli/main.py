@@ -126,10 +126,8 @@ def sweep(
     name: Optional[str] = typer.Option(None, help="Sweep name (default <dataset>-<time>)."),
     resume: Optional[str] = typer.Option(None, help="Continue the interrupted sweep of this name."),
     objective: Optional[str] = typer.Option(
-        None, help="ged (min val/ged) | ncc (max val/ncc) | both (default: the space file's metric). both: Optuna's "
-        "multi-objective TPE on val/ged and val/ncc, a Pareto front (`supuq best --objective both`), with ASHA off: "
-        "ASHA ranks trials by one metric and would stop the front's high-NCC trials, and early-stopped values are "
-        "not comparable. A NaN NCC (no image with a non-constant map) is told to the searcher as -1, the worst NCC.",
+        None, help="ged (min val/ged) | ncc (max val/ncc) | both (a Pareto front, ASHA off; see the README). "
+        "Default: the space file's metric.",
     ),
     wait_for_resources: float = typer.Option(
         0.0, min=0.0, help="When the cluster cannot run a trial yet (e.g. no GPU node), ask Ray's autoscaler for "
