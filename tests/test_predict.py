@@ -335,3 +335,21 @@ def test_predict_from_an_mlflow_run_id(tiny_cfg, tmp_path):
         assert details["model"]["kind"] == "mlflow" and details["model"]["run_id"] == run.run_id
         assert_maps_consistent(tmp_path / out)
     np.testing.assert_array_equal(read(tmp_path / "out" / "pm.nii.gz")[1], read(tmp_path / "out2" / "pm.nii.gz")[1])
+
+
+def test_a_centre_crop_smaller_than_the_slice_is_warned_about(ckpt, tmp_path):
+    """The default crop is the training size: on a larger slice most of it is not predicted, so predict says
+    how much it covers and names --crop full; tiling the whole slice needs no warning."""
+    source = write_volume(tmp_path / "vol.nii.gz", synthetic_volume())  # slices larger than the 16-px model
+    h, w = SHAPE[1:]
+    centre = runner.invoke(app, ["predict", str(ckpt), str(source), "--out", str(tmp_path / "c"), "--samples", "4",
+                                 "--weight-samples", "2"])
+    assert centre.exit_code == 0, centre.output
+    covered = f"{min(SIZE, h) * min(SIZE, w) / (h * w):.0%}"
+    assert f"covers {covered} of the {h}x{w} slice" in centre.output and "--crop full" in centre.output
+    warned = json.loads((tmp_path / "c" / "prediction.json").read_text())["warnings"]
+    assert len(warned) == 1 and covered in warned[0]
+    full = runner.invoke(app, ["predict", str(ckpt), str(source), "--out", str(tmp_path / "f"), "--samples", "4",
+                               "--weight-samples", "2", "--crop", "full"])
+    assert full.exit_code == 0 and "warning" not in full.output, full.output
+    assert json.loads((tmp_path / "f" / "prediction.json").read_text())["warnings"] == []

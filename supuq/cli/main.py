@@ -321,6 +321,8 @@ def predict_cmd(
                           slices=slices, crop=crop, fmt=fmt, save_samples=save_samples, annotations=annotation,
                           device=device, seed=seed, progress=True, overlap=overlap, source=local.source)
     d = outcome.details
+    for warning in d.get("warnings", []):
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     console.print(f"{d['slices']['count']} slice(s), {d['sampling']['weight_samples']} x "
                   f"{d['sampling']['latent_samples']} samples, crop {d['crop']['mode']} "
                   f"({d['crop'].get('size', d['crop'].get('tile'))} px), {d['seconds']['total']:.1f} s")

@@ -165,14 +165,16 @@ def write_maps(maps: dict[str, Any], out_dir: Path, ext: str) -> dict[str, Path]
 
 
 def overview_figure(image_x: np.ndarray, maps: dict[str, Any], info: dict[str, Any], out: Path, count: int = 4) -> Path:
-    """PNG: the `count` predicted slices of highest summed total uncertainty, one row each: preprocessed image,
-    pm, aleatoric, epistemic (aleatoric on the fixed 0..0.25 scale; epistemic on its own, usually far smaller,
-    scale). The centre-crop mode shows the crop region; full mode the whole slice. Records the slices in info."""
+    """PNG: the `count` predicted slices of highest summed total uncertainty, one row each: the preprocessed
+    image with the consensus (pm > 0.5) outlined, pm, aleatoric, epistemic and total (aleatoric and total on the
+    fixed 0..0.25 scale of a Bernoulli variance; epistemic on its own, usually far smaller, scale). The
+    centre-crop mode shows the crop region; full mode the whole slice. Records the slices in info."""
     import SimpleITK as sitk
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    arrays = {name: sitk.GetArrayFromImage(maps[name]) for name in ("pm", "aleatoric", "epistemic")}
+    names = ("pm", "aleatoric", "epistemic", "total", "consensus")
+    arrays = {name: sitk.GetArrayFromImage(maps[name]) for name in names}
     if arrays["pm"].ndim == 2:
         arrays = {name: a[None] for name, a in arrays.items()}
     predicted = np.asarray(info["slices_predicted"], dtype=np.int64)
@@ -182,20 +184,26 @@ def overview_figure(image_x: np.ndarray, maps: dict[str, Any], info: dict[str, A
     info["overview_slices"] = shown
     crop = info["crop"]
     rows_, cols_ = (slice(*crop["rows"]), slice(*crop["cols"])) if crop["mode"] == "centre" else (slice(None), slice(None))
-    fig = Figure(figsize=(10, 2.6 * max(len(shown), 1) + 0.5), layout="constrained")
+    panels = (("image + consensus", None, "gray", 0, 1), ("pm", "pm", "viridis", 0, 1),
+              ("aleatoric", "aleatoric", "magma", 0, 0.25), ("epistemic", "epistemic", "magma", 0,
+                                                             max(float(arrays["epistemic"].max()), 1e-6)),
+              ("total", "total", "magma", 0, 0.25))
+    fig = Figure(figsize=(2.6 * len(panels), 2.6 * max(len(shown), 1) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
-    epi_max = max(float(arrays["epistemic"].max()), 1e-6)
-    panels = (("image", None, "gray", 0, 1), ("pm", "pm", "viridis", 0, 1),
-              ("aleatoric", "aleatoric", "magma", 0, 0.25), ("epistemic", "epistemic", "magma", 0, epi_max))
     for r, z in enumerate(shown or [0]):
         for c, (title, key, cmap, vmin, vmax) in enumerate(panels):
-            ax = fig.add_subplot(max(len(shown), 1), 4, r * 4 + c + 1)
+            ax = fig.add_subplot(max(len(shown), 1), len(panels), r * len(panels) + c + 1)
             data = image_x[z] if key is None else arrays[key][z]
             handle = ax.imshow(data[rows_, cols_], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_title(f"{title} (slice {z})" if c == 0 else title, fontsize=9)
+            if key is None and arrays["consensus"][z][rows_, cols_].any():
+                ax.contour(arrays["consensus"][z][rows_, cols_], levels=[0.5], colors="#00e5ff", linewidths=0.9)
+            ax.set_title(f"{title}, slice {z}" if c == 0 else title, fontsize=8)
             ax.set_axis_off()
             if key is not None:
-                fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.02)
+                bar = fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.02)
+                bar.ax.tick_params(labelsize=6)
+                bar.formatter.set_powerlimits((-2, 3))  # 1e-6-scale epistemic: the exponent sits on top, small
+                bar.ax.yaxis.get_offset_text().set_fontsize(6)
     fig.suptitle("highest-uncertainty slices" + ("" if shown else " (no slice predicted)"), fontsize=10)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

@@ -183,6 +183,11 @@ def predict_volume(
     if chosen.size and (chosen.min() < 0 or chosen.max() >= z_total):
         raise SupuqError(f"slice indices must lie in 0..{z_total - 1}")
     windows = [centre_window(h, w, size)] if mode == "centre" else tile_windows(h, w, size, overlap)
+    warnings = info.setdefault("warnings", [])
+    if mode == "centre" and (size < h or size < w):
+        covered = min(size, h) * min(size, w) / (h * w)
+        warnings.append(f"the centre crop ({size} px, the training size) covers {covered:.0%} of the {h}x{w} slice "
+                        "and the maps are 0 outside it: use --crop full to predict the whole slice")
     blended = mode == "full" and overlap > 0
     jobs = [(int(z), win) for z in chosen for win in windows]
 
@@ -351,6 +356,7 @@ def predict(
         "summary": {"consensus_pixels": int((pm > 0.5).sum()), "max_total": float(total.max()),
                     "mean_total_predicted_slices": float(total[predicted].mean()) if predicted else 0.0},
         "overview_slices": info.get("overview_slices", []),
+        "warnings": info.get("warnings", []),
         "device": info["device"],
         "seconds": {"model": info["model_seconds"], "total": round(time.perf_counter() - started, 3)},
     }
