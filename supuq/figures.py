@@ -56,7 +56,10 @@ def uncertainty_figure(
         true_unc, true_label = grader_variance(masks), "grader variance"
     graders = masks.shape[1]
     cols = max(graders + 1, shown_samples, 3)
-    fig, axes = plt.subplots(3 * len(indices), cols, figsize=(1.6 * cols, 1.6 * 3 * len(indices)), squeeze=False)
+    # constrained layout keeps the title, the panel titles and the colour bars apart (tight_layout let the title
+    # run into the first row and a colour bar's "1e-6" offset into the panel title beside it)
+    fig, axes = plt.subplots(3 * len(indices), cols, figsize=(1.7 * cols, 1.6 * 3 * len(indices) + 0.3),
+                             squeeze=False, layout="constrained")
     flat_samples = samples.flatten(1, 2)
     vmax = 0.25  # Bernoulli variance is at most 1/4: one fixed scale makes maps comparable across images
     for row, idx in enumerate(indices):
@@ -76,7 +79,9 @@ def uncertainty_figure(
         ):
             im = bot[j].imshow(grid, cmap="magma", vmin=0, vmax=scale if scale else max(float(grid.max()), 1e-6))
             bot[j].set_title(name, fontsize=7)
-            fig.colorbar(im, ax=bot[j], fraction=0.046, pad=0.02).ax.tick_params(labelsize=5)
+            # epistemic maps are ~1e-3..1e-6: label each tick in full rather than with an offset above the bar
+            bar = fig.colorbar(im, ax=bot[j], fraction=0.046, pad=0.02, format=None if scale else "%.0e")
+            bar.ax.tick_params(labelsize=5)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -84,7 +89,6 @@ def uncertainty_figure(
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -110,7 +114,6 @@ def curves_figure(history: list[dict[str, float]], out: str | Path, title: str =
     right.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return _save(fig, out)
 
 
