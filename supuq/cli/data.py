@@ -33,7 +33,7 @@ def data_prepare(
     """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
     from ..config import DATASETS
     from ..data.lidc_presence import parse_scan_ids
-    from ..data.prepare import describe, prepare
+    from ..data.prepare import DESCRIBED, describe, prepare
     from ..data.types import MultiGraderSet
 
     if dataset not in DATASETS:
@@ -43,17 +43,17 @@ def data_prepare(
         cfg = cfg.updated({"data.task": task})
     ids = parse_scan_ids(scans) if scans is not None else None
     path = prepare(dataset, root=root, out=out, cfg=cfg.data, workers=workers, scans=ids)
-    console.print(info_table(path, describe(MultiGraderSet.load(path))))
+    console.print(info_table(path, describe(MultiGraderSet.load(path)), DESCRIBED))
 
 
 @data_app.command("info")
 @user_errors
 def data_info(cache: Path = typer.Argument(..., help="A cache folder written by `supuq data prepare`.")) -> None:
     """Shape, graders, patients, fraction of empty masks, mean grader variance."""
-    from ..data.prepare import describe
+    from ..data.prepare import DESCRIBED, describe
     from ..data.types import MultiGraderSet
 
-    console.print(info_table(cache, describe(MultiGraderSet.load(cache))))
+    console.print(info_table(cache, describe(MultiGraderSet.load(cache)), DESCRIBED))
 
 
 @data_app.command("show")

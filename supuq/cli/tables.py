@@ -84,9 +84,12 @@ def pareto_table(parent, front: list[dict]) -> Table:
     return table
 
 
-def info_table(path: Path, info: dict) -> Table:
-    """`supuq data prepare` / `data info`: one row per entry of `prepare.describe`."""
-    table = Table(title=str(path), show_header=False)
+def info_table(path: Path, info: dict, meanings: dict[str, str] | None = None) -> Table:
+    """`supuq data prepare` / `data info`: one row per entry of `prepare.describe`, with what it means."""
+    table = compact(str(path))
+    for column in ("key", "value", "meaning"):
+        text_column(table, column)
+    table.columns[2].no_wrap = False  # the explanation wraps; key and value never do
     for key, value in info.items():
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value), (meanings or {}).get(key, ""))
     return table

@@ -186,6 +186,22 @@ def _load_or_generate(folder: Path, cfg: DataConfig) -> MultiGraderSet:
     return ds
 
 
+DESCRIBED = {
+    "dataset": "the source the cache was prepared from",
+    "count": "images (2-D slices or crops)",
+    "size": "image height and width in pixels",
+    "graders": "masks per image (an empty mask where a grader drew nothing)",
+    "groups": "patients or cases; splits never put one in two splits",
+    "empty_mask_fraction": "share of (image, grader) masks that are empty",
+    "all_empty_fraction": "share of images on which every grader's mask is empty",
+    "grader_variance_union": "mean grader disagreement p_g(1-p_g) over pixels any grader marked",
+    "grader_variance": "mean grader disagreement p_g(1-p_g) over all pixels",
+    "foreground_fraction": "share of mask pixels that are foreground",
+    "prob_mean": "mean of the generator's true foreground probability p* (synthetic only)",
+}
+"""What each key of `describe` means, in words (`supuq data info` prints it beside the value)."""
+
+
 def describe(ds: MultiGraderSet) -> dict[str, Any]:
     """Summary numbers of a dataset (JSON-friendly).
 
