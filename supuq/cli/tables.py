@@ -22,9 +22,9 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def sweep_table(name: str, trials: list[dict]) -> Table:
-    """`supuq sweep`'s closing table: the given trials (the top ones by validation GED), one row each."""
-    table = Table(title=f"sweep {name}: top trials by validation GED")
+def sweep_table(name: str, trials: list[dict], metric: str = "val/ged") -> Table:
+    """`supuq sweep`'s closing table: the given trials (the top ones by `selection.rank_trials`), one row each."""
+    table = Table(title=f"sweep {name}: top trials by last {metric} (trials that ran all epochs first)")
     for column in ("trial", "status", "epochs", "val/ged", "val/ncc", "beta", "gamma", "prior", "prior_std", "lr"):
         table.add_column(column, justify="right")
     for t in trials:
