@@ -89,8 +89,8 @@ def store(tmp_path_factory):
     experiment = tracking.experiment_name("synthetic")
     tracking.init_store(uri, experiment)
     base = load_config(ROOT / "configs" / "synthetic.yaml", TINY_OVERRIDES + [f"train.epochs={EPOCHS}"])
-    parent_id = tracking.create_run(uri, experiment, run_name="early",
-                                    tags={"supuq.kind": "sweep", "supuq.dataset": "synthetic", "supuq.objective": "ged"})
+    tags = {"supuq.kind": "sweep", "supuq.dataset": "synthetic", "supuq.objective": "ged"}
+    parent_id = tracking.create_run(uri, experiment, run_name="early", tags=tags)
     names = {}
     with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent:
         parent.log_config(base)

@@ -192,7 +192,8 @@ def names_help() -> str:
     return " | ".join(DATASETS)
 
 
-def load_dataset_config(name: str, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_dataset_config(name: str, path: str | Path | None = None,
+                        overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """The config to train or sweep dataset `name` with: `path` (default: the dataset's config file) with the
     `key=value` overrides applied.
 

@@ -190,7 +190,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         )
         # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
         fs, ray_root = ray_storage(root)
-        progress = TrialProgress(space.num_samples, space.metric, space.mode, max_epochs) if console is not None else None
+        progress = (TrialProgress(space.num_samples, space.metric, space.mode, max_epochs)
+                    if console is not None else None)
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
                 parent.log_config(cfg)
@@ -210,7 +211,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     seed=space.seed, points_to_evaluate=space.first_points(cfg) or None,
                 )
                 scheduler = (
-                    ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period(space, max_epochs, say),
+                    ASHAScheduler(time_attr="epoch", max_t=max_epochs,
+                                  grace_period=grace_period(space, max_epochs, say),
                                   reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
                     if space.scheduler.type == "asha"
                     else FIFOScheduler()

@@ -32,7 +32,7 @@ class TrialProgress(Callback):
 
         super().__init__()
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
-        self.last: dict[str, dict[str, Any]] = {}  # trial id -> {"metrics": {metric: last value}, "epochs": n}
+        self.last: dict[str, dict[str, Any]] = {}  # trial id -> its row: trial_id, {metric: last value}, epochs
         self.running: set[str] = set()
         self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("{task.fields[info]}"))
@@ -61,7 +61,9 @@ class TrialProgress(Callback):
         if self._bar is None:
             return
         value, full = self.best()
-        best = "-" if value is None else f"{value:.4f}" + ("" if full else f" (no trial at {self.max_epochs} epochs yet)")
+        best = "-" if value is None else f"{value:.4f}"
+        if value is not None and not full:
+            best += f" (no trial at {self.max_epochs} epochs yet)"
         self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -70,7 +72,7 @@ class TrialProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.metric in result:  # every Tune report is a validation epoch (sweep.trainable)
-            self.last[trial.trial_id] = {"metrics": {self.metric: result[self.metric]},
+            self.last[trial.trial_id] = {"trial_id": trial.trial_id, "metrics": {self.metric: result[self.metric]},
                                          "epochs": int(result.get("epoch", 0))}
         self._show()
 
