@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import ConfigError
 
 DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq")
+"""The dataset names the config schema accepts; what each one is (reader, files, cache, family) is
+`supuq.data.registry`, whose entries are exactly these names (tests/test_registry.py)."""
 METHODS = ("supervised", "kohl", "kendall_gal")
 
 
@@ -55,7 +57,7 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    dataset: Literal["synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq"] = "synthetic"
+    dataset: Literal[DATASETS] = "synthetic"
     cache: str | None = Field(None, description="cache folder; default data/<dataset>/ under the working directory")
     synthetic: SyntheticConfig = SyntheticConfig()
     split_seed: int = 0
@@ -302,12 +304,3 @@ def dump_config(cfg: Config, path: str | Path | None = None) -> str:
         Path(path).write_text(text)
     return text
 
-
-def default_config_path(dataset: str) -> Path:
-    """configs/<dataset>.yaml relative to the working directory, falling back to the installed source tree."""
-    name = "lidc" if dataset.startswith("lidc") else dataset
-    for root in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        candidate = root / "configs" / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"no config for dataset {dataset!r} (looked for configs/{name}.yaml)")

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from supuq import tracking
 from supuq.cli import app
 from supuq.errors import ConfigError, SupuqError
+from supuq.sweep.selection import best_trial
 from supuq.sweep.space import load_space
-from supuq.sweep.driver import SweepOptions, run_sweep
+from supuq.sweep.driver import SweepOptions, grace_period, run_sweep
 
 from .conftest import ROOT, TINY_OVERRIDES
 from .processes import kill_processes_with_env
@@ -222,10 +223,48 @@ def test_unknown_dataset_and_missing_gpus_exit_2(tmp_path, monkeypatch, ray_sess
     assert result.exit_code == 2 and "GPU" in result.output and "Traceback" not in result.output
 
 
+def test_lidc_toolbox_prepare_then_sweep_with_the_cli_alone(tmp_path, monkeypatch, toolbox_sample, ray_session):
+    """The real LIDC toolbox sample: `supuq data prepare lidc-toolbox`, then `supuq sweep --dataset lidc-toolbox`
+    on that cache with configs/lidc.yaml and sweep/lidc.yaml (the LIDC family's) and a tiny model. One epoch is
+    below the space's ASHA grace period of 50: the grace period is clamped, with a line saying so."""
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "toolbox-cache"
+    result = runner.invoke(app, ["data", "prepare", "lidc-toolbox", "--root", str(toolbox_sample), "--out", str(cache),
+                                 "--set", "data.crop=32"])
+    assert result.exit_code == 0, result.output
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tiny = [o for o in TINY_OVERRIDES if not o.startswith(("data.synthetic", "train.epochs"))]
+    sets = [x for o in tiny + ["train.epochs=1", "data.crop=32", f"data.cache={cache}"] for x in ("--set", o)]
+    result = runner.invoke(app, ["sweep", "--dataset", "lidc-toolbox", "--samples", "2", "--concurrent", "2",
+                                 "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--storage", str(tmp_path / "rr"),
+                                 "--tracking-uri", uri, "--name", "tb", *sets])
+    assert result.exit_code == 0, result.output
+    assert "ASHA grace period 50 is above the sweep's 1 epoch(s): using 1" in result.output
+    best = yaml.safe_load((tmp_path / "rr" / "tb" / "best.yaml").read_text())
+    assert best["data"]["dataset"] == "lidc-toolbox" and best["data"]["cache"] == str(cache)
+    parent = tracking.search_runs(uri, [tracking.experiment_name("lidc-toolbox")], "tags.`supuq.kind` = 'sweep'")
+    assert len(parent) == 1 and parent[0].data.tags["supuq.complete"] == "true"
+    runs = children(uri, parent[0].info.run_id)
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" and "val/ged" in r.data.metrics for r in runs)
+    # the first point is configs/lidc.yaml's Table 1 values (lr 1e-6, gamma 100), not another dataset's
+    assert any(float(r.data.params["optim.lr"]) == 1e-6 and float(r.data.params["loss.gamma"]) == 100.0 for r in runs)
+    # best.yaml (the driver, on Tune's trials) and `supuq best` (on MLflow's runs) name the same trial
+    assert best_trial(uri, "lidc-toolbox", "tb").run_id == parent[0].data.tags["supuq.best_run"]
+
+
+def test_grace_period_is_clamped_to_the_sweeps_epochs():
+    space = load_space(ROOT / "sweep/synthetic.yaml")  # grace period 2
+    said: list[str] = []
+    assert grace_period(space, 1, said.append) == 1
+    assert said == ["ASHA grace period 2 is above the sweep's 1 epoch(s): using 1 (no trial is stopped before its "
+                    "last epoch)"]
+    assert grace_period(space, 5, said.append) == 2 and len(said) == 1
+
+
 def test_shipped_spaces_validate_and_start_with_table1():
     from supuq.config import load_config
 
-    for name in ("synthetic", "lidc", "miccai2012"):
+    for name in ("synthetic", "lidc", "miccai2012", "qubiq"):
         space = load_space(ROOT / "sweep" / f"{name}.yaml")
         assert {"loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std",
                 "optim.lr"} <= set(space.space)

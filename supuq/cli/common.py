@@ -59,10 +59,14 @@ def user_errors(func):
 
 
 def load(config: Optional[Path], overrides: list[str], dataset: Optional[str] = None):
-    from ..config import default_config_path, load_config
+    """The config of a command: `config` (default: the dataset's config file, synthetic's without a dataset)
+    with overrides; with a dataset, a config of its family is taken for it (`registry.load_dataset_config`)."""
+    from ..config import load_config
+    from ..data.registry import dataset as registry_entry, load_dataset_config
 
-    path = config if config is not None else default_config_path(dataset or "synthetic")
-    return load_config(path, overrides)
+    if dataset is not None:
+        return load_dataset_config(dataset, config, overrides)
+    return load_config(config if config is not None else registry_entry("synthetic").config_path(), overrides)
 
 
 def progress_bar(label: str):

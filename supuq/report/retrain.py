@@ -45,8 +45,6 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
     "lidc": {"ged": {}, "ncc": {}},
     "miccai2012": {"ged": {}, "ncc": {}},
 }
-DATASET_FAMILY = {"lidc": "lidc", "lidc-toolbox": "lidc", "lidc-pickle": "lidc", "lidc-png": "lidc",
-                  "miccai2012": "miccai2012"}
 
 @dataclass
 class WrittenReport:
@@ -191,7 +189,9 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
 def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary: dict, common: dict) -> list[str]:
     from ..workflows.tables import mean_pm
 
-    family = DATASET_FAMILY.get(dataset)
+    from ..data.registry import REGISTRY
+
+    family = REGISTRY[dataset].family if dataset in REGISTRY else None  # LIDC's four routes share LIDC's values
     published = PUBLISHED.get(family) if family else None
 
     def pub(metric: str, method: str, table: str) -> str:

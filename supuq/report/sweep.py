@@ -10,25 +10,26 @@ import math
 from pathlib import Path
 
 from .figures import epochs_figure, params_figure, scatter_figure
-from .html import as_int, html_figure, html_table, json_artifact, num, param_text
+from .html import html_figure, html_table, json_artifact, num, param_text
 
 SWEPT_DEFAULT = ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr")
 
 
 def sweep_sections(uri: str, run, work: Path) -> list[str]:
-    from ..sweep.selection import pareto_trials, sweep_objective, trial_rows
+    from ..sweep.selection import best_row, pareto_rows, sweep_epochs, sweep_metric, sweep_objective, trial_rows
 
     space = json_artifact(uri, run.info.run_id, "space.json", work / "parent") or {}
     searched = space.get("space") or {k: {} for k in SWEPT_DEFAULT}
     rows = trial_rows(uri, run.info.run_id)
     objective = sweep_objective(run)
-    max_epochs = as_int(run.data.params.get("train.epochs")) or max((r["epochs"] for r in rows), default=0)
-    front_ids = {r["run_id"] for r in pareto_trials(uri, run.info.run_id, rows)}
-    best_trial = run.data.tags.get("supuq.best_trial", "")
+    max_epochs = sweep_epochs(run, rows)
+    front_ids = {r["run_id"] for r in pareto_rows(rows, max_epochs)}
+    best, _ = best_row(rows, *sweep_metric(run), max_epochs)  # the rule of best.yaml and `supuq best`
+    best_trial = best["trial_id"] if best else ""
     for r in rows:
         r["outcome"] = _outcome(r)
         r["pareto"] = r["run_id"] in front_ids
-        r["best"] = bool(best_trial) and r["trial_id"] == best_trial
+        r["best"] = r is best
 
     counts: dict[str, int] = {}
     for r in rows:

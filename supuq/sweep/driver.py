@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, default_config_path, dump_config, load_config, validate_config
-from ..errors import ConfigError, SupuqError
+from ..config import Config, dump_config, validate_config
+from ..data.registry import dataset as registry_entry, load_dataset_config
+from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
-from .results import TrialProgress, finalize_child_runs, pick_best, summarize_trials
-from .space import SweepSpace, default_space_path, load_space, objective_changes
+from .results import TrialProgress, finalize_child_runs, summarize_trials
+from .selection import best_row, fallback_note, rank_trials
+from .space import SweepSpace, load_space, objective_changes
 from .search import NanSafeOptunaSearch, param_space
 from .storage import ray_storage, read_text, storage_root, write_text
 from .trainable import trial_main
@@ -69,26 +71,26 @@ class SweepOutcome:
     name: str
     path: str
     parent_run_id: str
-    trials: list[dict[str, Any]]
+    trials: list[dict[str, Any]]  # best first (`selection.rank_trials`)
     best: dict[str, Any] | None
     complete: bool
     stopped_early: int
     seconds: float
+    metric: str = "val/ged"
+    max_epochs: int = 0
 
 
 # ------------------------------------------------------------------------------------------------- driver
 
 
 def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
-    """Load and validate the config and search space (before Ray starts), with CLI overrides applied."""
-    from ..config import DATASETS
+    """Load and validate the config and search space (before Ray starts), with CLI overrides applied.
 
-    if opts.dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {opts.dataset!r}; choose one of {', '.join(DATASETS)}")
-    cfg = load_config(opts.config or default_config_path(opts.dataset), opts.overrides)
-    if cfg.data.dataset != opts.dataset:
-        raise ConfigError(f"config is for dataset {cfg.data.dataset!r}, not {opts.dataset!r}")
-    space = load_space(opts.space or default_space_path(opts.dataset))
+    Both default to the dataset's files in `data.registry`; a config of the dataset's family is taken for it
+    (`--dataset lidc-toolbox` sweeps configs/lidc.yaml with data.dataset=lidc-toolbox)."""
+    entry = registry_entry(opts.dataset)
+    cfg = load_dataset_config(opts.dataset, opts.config, opts.overrides)
+    space = load_space(opts.space or entry.space_path())
     changes: dict[str, Any] = {}
     if opts.samples is not None:
         changes["num_samples"] = opts.samples
@@ -188,7 +190,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         )
         # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
         fs, ray_root = ray_storage(root)
-        progress = TrialProgress(space.num_samples, space.metric, space.mode) if console is not None else None
+        progress = (TrialProgress(space.num_samples, space.metric, space.mode, max_epochs)
+                    if console is not None else None)
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
                 parent.log_config(cfg)
@@ -208,7 +211,8 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     seed=space.seed, points_to_evaluate=space.first_points(cfg) or None,
                 )
                 scheduler = (
-                    ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=space.scheduler.grace_period,
+                    ASHAScheduler(time_attr="epoch", max_t=max_epochs,
+                                  grace_period=grace_period(space, max_epochs, say),
                                   reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
                     if space.scheduler.type == "asha"
                     else FIFOScheduler()
@@ -235,10 +239,12 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                     ),
                 )
             grid = tuner.fit()
-            trials = summarize_trials(grid, space)
+            trials = rank_trials(summarize_trials(grid, space), space.metric, space.mode, max_epochs)
             complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
             stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
-            best = pick_best(trials, space, max_epochs)
+            best, full_length = best_row(trials, space.metric, space.mode, max_epochs)
+            if best is not None and not full_length:
+                say(fallback_note(space.metric, max_epochs))
             if best is not None:
                 best_cfg = cfg.updated(best["params"])
                 text = dump_config(best_cfg)
@@ -259,4 +265,15 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         if owns_ray:
             ray.shutdown()
     return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, space.metric, max_epochs)
+
+
+def grace_period(space: SweepSpace, max_epochs: int, say) -> int:
+    """ASHA's grace period, clamped to `max_epochs` (Ray asserts grace_period <= max_t): a short sweep (e.g.
+    --set train.epochs=1 against the space file's grace period of 2) runs with a one-line note instead."""
+    grace = space.scheduler.grace_period
+    if grace > max_epochs:
+        say(f"ASHA grace period {grace} is above the sweep's {max_epochs} epoch(s): using {max_epochs} "
+            "(no trial is stopped before its last epoch)")
+        return max_epochs
+    return grace

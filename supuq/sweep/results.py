@@ -1,6 +1,6 @@
 """A sweep's trials as they end: the live progress bar over trials (`TrialProgress`, a Tune callback), one
-summary dict per trial from Tune's result grid, the final status of each trial's MLflow child run, and the
-best trial.
+summary dict per trial from Tune's result grid, and the final status of each trial's MLflow child run. The
+best trial is `sweep.selection`'s rule, for the bar as for best.yaml.
 
 Driver-side only (the trials themselves run `sweep.trainable.trial_main`).
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from .selection import best_row
 from .space import SweepSpace
 
 TRIAL_TAG = "supuq.trial_id"
@@ -20,13 +21,18 @@ TRIAL_TAG = "supuq.trial_id"
 
 class TrialProgress(Callback):
     """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
-    driver-side callback hooks; replaces Tune's verbose tables."""
+    driver-side callback hooks; replaces Tune's verbose tables.
 
-    def __init__(self, total: int, metric: str, mode: str):
+    "Best" is the best trial by `selection.best_row` over each trial's last reported value and epoch, the
+    rule best.yaml and `supuq best` use, so the bar ends on their number (not on the best value any trial
+    reached at any epoch). Until a trial has run all `max_epochs`, it is the best last value so far, marked so."""
+
+    def __init__(self, total: int, metric: str, mode: str, max_epochs: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         super().__init__()
-        self.metric, self.sign, self.best = metric, (1 if mode == "min" else -1), None
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.last: dict[str, dict[str, Any]] = {}  # trial id -> its row: trial_id, {metric: last value}, epochs
         self.running: set[str] = set()
         self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                              TextColumn("{task.fields[info]}"))
@@ -46,10 +52,18 @@ class TrialProgress(Callback):
     def __exit__(self, *exc):
         return self._bar.__exit__(*exc)
 
+    def best(self) -> tuple[float | None, bool]:
+        """The best trial's last value (None before any) and whether that trial ran all `max_epochs`."""
+        row, full = best_row(list(self.last.values()), self.metric, self.mode, self.max_epochs)
+        return (None if row is None else row["metrics"][self.metric]), full
+
     def _show(self, advance: int = 0) -> None:
         if self._bar is None:
             return
-        best = "-" if self.best is None else f"{self.best:.4f}"
+        value, full = self.best()
+        best = "-" if value is None else f"{value:.4f}"
+        if value is not None and not full:
+            best += f" (no trial at {self.max_epochs} epochs yet)"
         self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -57,10 +71,9 @@ class TrialProgress(Callback):
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and value == value:
-            if self.best is None or self.sign * value < self.sign * self.best:
-                self.best = float(value)
+        if self.metric in result:  # every Tune report is a validation epoch (sweep.trainable)
+            self.last[trial.trial_id] = {"trial_id": trial.trial_id, "metrics": {self.metric: result[self.metric]},
+                                         "epochs": int(result.get("epoch", 0))}
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -129,18 +142,3 @@ def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, st
             return "FINISHED", ""
         return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
     return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
-
-
-def pick_best(trials: list[dict], space: SweepSpace, max_epochs: int) -> dict | None:
-    """The trial with the best last value of the space's metric among trials that ran all `max_epochs`
-    (an ASHA-stopped trial's early value is not comparable with a full run's), falling back to every
-    trial when none finished. NaN values never win."""
-    import math
-
-    scored = [t for t in trials if space.metric in t["metrics"] and not math.isnan(t["metrics"][space.metric])]
-    full = [t for t in scored if t["epochs"] >= max_epochs]
-    pool = full or scored
-    if not pool:
-        return None
-    sign = 1 if space.mode == "min" else -1
-    return min(pool, key=lambda t: sign * t["metrics"][space.metric])

@@ -1,5 +1,10 @@
-"""Which trial of a sweep is best, read back from MLflow: the sweep parent run, the trial rows, the best trial
-and the Pareto front. `supuq best`, the retrain, reports and the study all choose through here.
+"""Which trial of a sweep is best: the one eligibility rule, the one best-trial rule and the Pareto front, on
+trial rows; and those rows read back from MLflow (the sweep parent run, its child runs).
+
+A trial row is a dict with at least `metrics` (the trial's last reported value of each metric) and `epochs`
+(the epochs it reached). The driver's Tune trial summaries (`sweep.results.summarize_trials`) and the MLflow
+rows of `trial_rows` both are, so best.yaml, the progress bar, the closing table, `supuq best`, its retrain,
+the report and the study all choose through the same functions here.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from typing import Any
 from ..config import Config, validate_config
 from ..errors import SupuqError
 from .. import tracking
+from .space import OBJECTIVES
+
 
 @dataclass
 class BestTrial:
@@ -22,6 +29,62 @@ class BestTrial:
     metric: str
     value: float
     config: Config
+    full_length: bool = True  # False: no trial ran all the sweep's epochs, the best of all scored trials
+    max_epochs: int = 0
+
+
+# ------------------------------------------------------------------------------------------------- the rule
+
+
+def _score(row: dict[str, Any], metric: str) -> float | None:
+    value = row["metrics"].get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def eligible_trials(rows: list[dict[str, Any]], metric: str, max_epochs: int) -> tuple[list[dict[str, Any]], bool]:
+    """The trials a best trial or a Pareto front is chosen among, and whether they ran the full length.
+
+    Those with a finite last `metric` that ran the sweep's `max_epochs` (a trial ASHA stopped early has values
+    from fewer epochs, not comparable with a full run's); only when none did, every trial with a finite last
+    value (the flag is then False, and callers say so). NaN never counts."""
+    scored = [r for r in rows if _score(r, metric) is not None]
+    full = [r for r in scored if r["epochs"] >= max_epochs]
+    return (full, True) if full else (scored, False)
+
+
+def best_row(rows: list[dict[str, Any]], metric: str, mode: str, max_epochs: int) -> tuple[dict[str, Any] | None, bool]:
+    """The best eligible trial (`eligible_trials`) by its last `metric` (`mode` min or max), None when no trial
+    has a value; and whether it ran the full length. Ties go to the lower trial id, the same trial whichever
+    order the rows come in (Tune's result grid, MLflow's start times)."""
+    pool, full = eligible_trials(rows, metric, max_epochs)
+    if not pool:
+        return None, False
+    sign = 1 if mode == "min" else -1
+    return min(pool, key=lambda r: (sign * _score(r, metric), r.get("trial_id", ""))), full
+
+
+def rank_trials(rows: list[dict[str, Any]], metric: str, mode: str, max_epochs: int) -> list[dict[str, Any]]:
+    """Every trial, best first by the same rule: the eligible trials by their last `metric`, then the other
+    trials with a value, then those without one."""
+    pool, _ = eligible_trials(rows, metric, max_epochs)
+    eligible = {id(r) for r in pool}
+    sign = 1 if mode == "min" else -1
+
+    def key(row: dict[str, Any]) -> tuple[bool, bool, float, str]:
+        score = _score(row, metric)
+        return (id(row) not in eligible, score is None, sign * score if score is not None else 0.0,
+                row.get("trial_id", ""))
+
+    return sorted(rows, key=key)
+
+
+def fallback_note(metric: str, max_epochs: int) -> str:
+    """The line saying that the best trial came from the fallback of `eligible_trials`."""
+    return (f"no trial ran all {max_epochs} epochs (ASHA stopped them all, or the sweep was cut short): the best "
+            f"{metric} is chosen among every trial's last value, from fewer epochs")
+
+
+# ------------------------------------------------------------------------------------------------- from MLflow
 
 
 def find_sweep(uri: str, dataset: str | None, sweep: str | None):
@@ -46,28 +109,41 @@ def find_sweep(uri: str, dataset: str | None, sweep: str | None):
 
 
 def best_trial(uri: str, dataset: str | None, sweep: str | None, metric: str = "val/ged", mode: str = "min") -> BestTrial:
-    """The child trial with the best final value of `metric` (NaN never wins) of the sweep `find_sweep` names."""
+    """The best trial (`best_row`) by `metric` of the sweep `find_sweep` names."""
     return best_of_sweep(uri, find_sweep(uri, dataset, sweep), metric, mode)
 
 
 def best_of_sweep(uri: str, parent, metric: str = "val/ged", mode: str = "min") -> BestTrial:
-    """The child trial of the sweep parent run `parent` with the best final value of `metric` (NaN never wins)."""
-    scored = []
-    for run in tracking.child_runs(uri, parent.info.run_id):
-        value = run.data.metrics.get(metric)
-        if value is not None and not math.isnan(value) and "supuq.config" in run.data.tags:
-            scored.append((value if mode == "min" else -value, run))
-    if not scored:
+    """The best trial (`best_row`: full-length trials first, last value of `metric`, NaN never wins) of the sweep
+    parent run `parent`, among the trials that logged their config (what a retrain starts from)."""
+    rows = trial_rows(uri, parent.info.run_id)
+    max_epochs = sweep_epochs(parent, rows)
+    row, full = best_row([r for r in rows if r["config"]], metric, mode, max_epochs)
+    if row is None:
         raise SupuqError(f"sweep {parent.info.run_name!r} has no trial with a {metric} value")
-    _, run = min(scored, key=lambda pair: pair[0])
-    cfg = validate_config(json.loads(run.data.tags["supuq.config"]), f"trial {run.info.run_name}")
-    return BestTrial(parent.info.run_id, parent.info.run_name, run.info.run_id, run.info.run_name, metric,
-                     run.data.metrics[metric], cfg)
+    cfg = validate_config(json.loads(row["config"]), f"trial {row['name']}")
+    return BestTrial(parent.info.run_id, parent.info.run_name, row["run_id"], row["name"], metric,
+                     row["metrics"][metric], cfg, full_length=full, max_epochs=max_epochs)
 
 
 def sweep_objective(parent) -> str:
     """The objective a sweep parent run searched: its `supuq.objective` tag (ged | ncc | both), else ged."""
     return parent.data.tags.get("supuq.objective") or "ged"
+
+
+def sweep_metric(parent) -> tuple[str, str]:
+    """(metric, mode) a sweep's best trial is ranked by: its objective's; val/ged (min) for `both` (the first
+    objective, as the driver's best.yaml)."""
+    return OBJECTIVES.get(sweep_objective(parent), OBJECTIVES["ged"])
+
+
+def sweep_epochs(parent, rows: list[dict[str, Any]]) -> int:
+    """The epochs each trial of the sweep was to run: the parent run's `train.epochs` param (the driver logs
+    the base config with the scheduler's max_epochs in it), else the most epochs any trial reached."""
+    try:
+        return int(float(parent.data.params["train.epochs"]))
+    except (KeyError, TypeError, ValueError):
+        return max((r["epochs"] for r in rows), default=0)
 
 
 def trial_rows(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
@@ -110,18 +186,18 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(keep, key=lambda i: (points[i][0], -ncc_of(points[i][1])))
 
 
-def pareto_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """A sweep's Pareto-optimal trials on final val/ged (min) and val/ncc (max), lowest GED first.
+def pareto_rows(rows: list[dict[str, Any]], max_epochs: int) -> list[dict[str, Any]]:
+    """The Pareto-optimal trials (`pareto_front` on last val/ged, val/ncc) among the eligible trials
+    (`eligible_trials` on val/ged: as for the best trial), lowest GED first."""
+    pool, _ = eligible_trials(rows, "val/ged", max_epochs)
+    front = pareto_front([(r["metrics"]["val/ged"], r["metrics"].get("val/ncc", math.nan)) for r in pool])
+    return [pool[i] for i in front]
 
-    Only trials that ran the sweep's full epochs (MLflow status FINISHED) are compared, as for the best trial:
-    a trial stopped early has values from fewer epochs. Falls back to every trial when none finished."""
+
+def pareto_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A sweep's Pareto-optimal trials (`pareto_rows`) read from MLflow, lowest GED first."""
     rows = trial_rows(uri, parent_run_id) if rows is None else rows
-    scored = [r for r in rows if math.isfinite(r["metrics"].get("val/ged", math.nan))]
-    if not scored:
-        return []
-    full = [r for r in scored if r["status"] == "FINISHED"] or scored  # FINISHED: ran all epochs (tune.py)
-    front = pareto_front([(r["metrics"]["val/ged"], r["metrics"].get("val/ncc", math.nan)) for r in full])
-    return [full[i] for i in front]
+    return pareto_rows(rows, sweep_epochs(tracking.get_run(uri, parent_run_id), rows))
 
 
 def pick_pareto(parent, front: list[dict[str, Any]], pick: int) -> BestTrial:

@@ -1,4 +1,5 @@
-"""Search-space files (`sweep/<dataset>.yaml`, DESIGN.md section 9), validated before Ray starts.
+"""Search-space files (`sweep/<name>.yaml`, DESIGN.md section 9; `data.registry` names each dataset's), validated
+before Ray starts.
 
 A space maps dotted config keys to one distribution each:
 `{loguniform: [lo, hi]}` | `{uniform: [lo, hi]}` | `{choice: [...]}` | `{int: [lo, hi]}`.
@@ -179,15 +180,6 @@ def load_space(path: str | Path) -> SweepSpace:
         where = ".".join(str(p) for p in first["loc"]) or "space"
         msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {where}: {msg}") from None
-
-
-def default_space_path(dataset: str) -> Path:
-    name = "lidc" if dataset == "lidc-toolbox" else dataset
-    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        candidate = root / "sweep" / f"{name}.yaml"
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"no search space for dataset {dataset!r} (looked for sweep/{name}.yaml)")
 
 
 def check_objective(objective: str | None) -> None:

@@ -88,6 +88,8 @@ def _worker_dataset(cfg: Config) -> Any:
 def _reachable_data(cfg: Config) -> Config:
     """On a worker that cannot see the driver's synthetic cache (another node, no shared disk), regenerate the
     synthetic set locally: it is deterministic for its parameters."""
-    if cfg.data.dataset == "synthetic" and cfg.data.cache and not Path(cfg.data.cache).is_dir():
+    from ..data.registry import dataset as registry_entry
+
+    if registry_entry(cfg.data.dataset).generated and cfg.data.cache and not Path(cfg.data.cache).is_dir():
         return cfg.updated({"data.cache": None})
     return cfg

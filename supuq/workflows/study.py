@@ -53,7 +53,7 @@ def _learning_curves(uri: str, sweeps: dict[str, str], dataset: str, out_png: Pa
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     notes = []
-    client = tracking._client(uri)
+    client = tracking.client_for(uri)
     for method, sweep in sweeps.items():
         trial = best_trial(uri, dataset, sweep)
         history = sorted(client.get_metric_history(trial.run_id, "val/ged"), key=lambda m: m.step)
