@@ -2,8 +2,9 @@
 
 A space maps dotted config keys to one distribution each:
 `{loguniform: [lo, hi]}` | `{uniform: [lo, hi]}` | `{choice: [...]}` | `{int: [lo, hi]}`.
-Every key must name a leaf of the config schema, and the first point evaluated is the dataset config's own
-values (Table 1 of the paper for LIDC and MICCAI2012) unless the file gives `points_to_evaluate`.
+Every key must name a leaf of the config schema and none may be only another method's (`check_method_keys`),
+and the first point evaluated is the dataset config's own values (Table 1 of the paper for LIDC and MICCAI2012)
+unless the file gives `points_to_evaluate`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import Config, is_config_key, read_yaml
 from ..errors import ConfigError
+from ..models.registry import foreign_keys
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "int")
 
@@ -167,6 +169,18 @@ class SweepSpace(_Strict):
             if not outside:
                 points.append(full)
         return points
+
+
+def check_method_keys(space: SweepSpace, base: Config) -> None:
+    """A one-line `ConfigError` when the space searches a key that only another method reads (e.g. model.dropout
+    for the supervised method): those trials would differ in nothing but their seed. The methods are the base
+    config's, or every choice when the space searches `model.method` itself (registry: `Method.keys`)."""
+    searched = space.space.get("model.method")
+    methods = searched.value if searched is not None and searched.kind == "choice" else [base.model.method]
+    foreign = foreign_keys(methods, list(space.space))
+    if foreign:
+        raise ConfigError(f"the space searches {', '.join(foreign)}, which method {'/'.join(methods)} does not use "
+                          "(supuq.models.registry lists each method's keys); drop it or set model.method")
 
 
 def load_space(path: str | Path) -> SweepSpace:

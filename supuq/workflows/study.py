@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import METHOD_LABELS, mean_pm
 from ..errors import SupuqError
-
-METHODS = ("supervised", "kohl", "kendall_gal")
-SHORT = {"supervised": "ours", "kohl": "Prob. U-Net", "kendall_gal": "Kendall & Gal"}
+from ..models.registry import METHOD_LABELS, METHODS, SHORT_LABELS as SHORT
+from .tables import mean_pm
 
 
 def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, float, float]:
