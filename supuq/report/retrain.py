@@ -230,7 +230,7 @@ def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary
     if published is not None and not any(published.get(k) for k in ("ged", "ncc")):
         notes.append(f"Published values: see Tables 2 and 3 of {PAPER}. They are not copied here because no "
                      "verified copy of the tables was available to this report generator, and numbers are never "
-                     "filled in from memory (supuq.report.PUBLISHED holds them once transcribed). Published values "
+                     "filled in from memory (supuq.report.retrain.PUBLISHED holds them once transcribed). Published values "
                      "come from the authors' data, splits and training budget; they are shown for orientation, "
                      "not reproduced by this run.")
     elif published is not None:

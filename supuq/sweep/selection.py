@@ -119,7 +119,7 @@ def pareto_trials(uri: str, parent_run_id: str, rows: list[dict[str, Any]] | Non
     scored = [r for r in rows if math.isfinite(r["metrics"].get("val/ged", math.nan))]
     if not scored:
         return []
-    full = [r for r in scored if r["status"] == "FINISHED"] or scored  # FINISHED: ran all epochs (tune.py)
+    full = [r for r in scored if r["status"] == "FINISHED"] or scored  # FINISHED: ran all epochs (sweep/results.py)
     front = pareto_front([(r["metrics"]["val/ged"], r["metrics"].get("val/ncc", math.nan)) for r in full])
     return [full[i] for i in front]
 

@@ -218,7 +218,7 @@ def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
     trials by one metric, so it would stop the trials of the front's high-NCC end for their GED, and a stopped
     trial's last values come from fewer epochs than a finished one's, so they cannot be compared on the front.
     Every trial then runs all epochs. Where NCC is NaN (no validation image with a non-constant map), the
-    searcher alone is told -1, the worst NCC (`tune.NanSafeOptunaSearch`); MLflow keeps the NaN."""
+    searcher alone is told -1, the worst NCC (`supuq.sweep.search.NanSafeOptunaSearch`); MLflow keeps the NaN."""
     if objective == "both":
         return {
             "metric": OBJECTIVES["ged"][0], "mode": OBJECTIVES["ged"][1],

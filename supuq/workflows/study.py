@@ -88,7 +88,7 @@ def write_results(
         results = json.loads(tracking.download_artifact(uri, retrain_run_id, "results.json", tmp).read_text())
         config_text = tracking.download_artifact(uri, retrain_run_id, "best_config.yaml", tmp).read_text()
     per_seed: dict[str, list[dict[str, float]]] = results["per_seed"]
-    summary: dict[str, dict[str, float]] = results["summary"]  # best.aggregate of per_seed: mean ± std per key
+    summary: dict[str, dict[str, float]] = results["summary"]  # tables.aggregate of per_seed: mean ± std per key
     common = results.get("ncc_common", {})
     methods = [m for m in METHODS if m in per_seed]
     seeds = max(len(v) for v in per_seed.values())
