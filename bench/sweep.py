@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         statuses = [trial["status"] for trial in outcome.trials]
         in_trial = [trial_seconds(trial["path"]) for trial in outcome.trials]
         print(f"in-trial seconds: {' '.join(f'{t:.2f}' for t in in_trial)}; sweep wall {sweep:.1f} s", flush=True)
-    except Exception as err:  # report rather than crash: supuq/tune.py is still being finished
+    except Exception as err:  # report rather than crash: the plain fits are still timed and recorded
         error = f"{type(err).__name__}: {err}"
         traceback.print_exc()
 

@@ -7,6 +7,7 @@ MLflow params and sweep spaces.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,18 @@ DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "mic
 """The dataset names the config schema accepts; what each one is (reader, files, cache, family) is
 `supuq.data.registry`, whose entries are exactly these names (tests/test_registry.py)."""
 METHODS = ("supervised", "kohl", "kendall_gal")
+"""The method names the config schema accepts; what each one is (network, labels, keys, sampling grid) is
+`supuq.models.registry`, whose entries are exactly these names."""
+METHOD_FIXED: dict[str, dict[str, Any]] = {
+    # Settings every config of a method has (checked by `Config`, applied by `Config.with_method`), as plain
+    # data here because the config module imports nothing of the models; the registry reads it.
+    "kohl": {"model.weight_noise.enabled": False, "loss.gamma": 0.0},  # the plain Probabilistic U-Net
+}
+METHOD_SWITCH_ON: dict[str, dict[str, Any]] = {
+    # What `Config.with_method` also sets when switching to a method, which a config may change afterwards
+    # (the supervised method without weight noise is a valid ablation, but switching to it turns the noise on).
+    "supervised": {"model.weight_noise.enabled": True},
+}
 
 
 class _Strict(BaseModel):
@@ -85,7 +98,7 @@ class WeightNoiseConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    method: Literal["supervised", "kohl", "kendall_gal"] = "supervised"
+    method: Literal[METHODS] = "supervised"
     in_channels: int = Field(1, ge=1)
     num_filters: tuple[int, ...] = (32, 64, 128, 192)
     convs_per_block: int = Field(3, ge=1)
@@ -98,8 +111,6 @@ class ModelConfig(_Strict):
     def _filters(self) -> "ModelConfig":
         if len(self.num_filters) < 2 or any(f < 1 for f in self.num_filters):
             raise ValueError("model.num_filters needs at least two positive entries")
-        if self.method == "kohl" and self.weight_noise.enabled:
-            raise ValueError("model.method=kohl is the plain Probabilistic U-Net: set model.weight_noise.enabled=false")
         return self
 
 
@@ -165,9 +176,12 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _method_consistent(self) -> "Config":
-        if self.model.method == "kohl" and self.loss.gamma != 0:
-            raise ValueError("model.method=kohl is the plain Probabilistic U-Net: set loss.gamma=0")
+    def _method_fixed_settings(self) -> "Config":
+        fixed = METHOD_FIXED.get(self.model.method, {})
+        flat = self.flat()
+        wrong = [f"{key}={json.dumps(value)}" for key, value in fixed.items() if flat[key] != value]
+        if wrong:
+            raise ValueError(f"model.method={self.model.method} fixes these settings: set {', '.join(wrong)}")
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -175,16 +189,14 @@ class Config(_Strict):
         return flatten(self.model_dump(mode="json"))
 
     def with_method(self, method: str) -> "Config":
-        """The same config for another method, with that method's fixed settings (Kohl: no weight noise, gamma 0)."""
+        """The same config for another method, with that method's fixed settings (`METHOD_FIXED`, e.g. Kohl:
+        no weight noise, gamma 0) and the settings switching to it turns on (`METHOD_SWITCH_ON`)."""
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         raw = self.model_dump(mode="json")
         raw["model"]["method"] = method
-        if method == "kohl":
-            raw["model"]["weight_noise"]["enabled"] = False
-            raw["loss"]["gamma"] = 0.0
-        elif method == "supervised":
-            raw["model"]["weight_noise"]["enabled"] = True
+        for key, value in {**METHOD_SWITCH_ON.get(method, {}), **METHOD_FIXED.get(method, {})}.items():
+            _set_dotted(raw, key, value)
         return validate_config(raw)
 
     def updated(self, overrides: dict[str, Any]) -> "Config":
@@ -206,25 +218,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        _set_dotted(tree, key, value, create=True)
-    return tree
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any, create: bool = False) -> None:
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
     for i, part in enumerate(parts[:-1]):
         if part not in node:
-            if not create:
-                raise ConfigError(f"unknown config key {key!r} (no section {'.'.join(parts[: i + 1])!r})")
-            node[part] = {}
+            raise ConfigError(f"unknown config key {key!r} (no section {'.'.join(parts[: i + 1])!r})")
         node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"unknown config key {key!r} ({'.'.join(parts[: i + 1])!r} is not a section)")
-    if not create and parts[-1] not in node:
+    if parts[-1] not in node:
         raise ConfigError(f"unknown config key {key!r}")
     node[parts[-1]] = value
 

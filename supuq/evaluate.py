@@ -1,9 +1,10 @@
 """Evaluation with the paper's protocol: M weight samples x K latent samples per image, then GED, NCC and
 calibration metrics (DESIGN.md sections 6-7).
 
-Test evaluation always draws 50 samples (M=5 x K=10; a model without weight noise draws 1 x 50); validation
-during training uses fewer (`eval.val_samples`, default 16). Work is batched over images and only per-image
-summaries are kept, so memory stays bounded on a 128x128 test set of thousands of images.
+Test evaluation always draws 50 samples (M=5 x K=10; a method that samples no weights draws 1 x 50: the grid
+rule is `supuq.models.registry.sampling_grid`); validation during training uses fewer (`eval.val_samples`,
+default 16). Work is batched over images and only per-image summaries are kept, so memory stays bounded on a
+128x128 test set of thousands of images.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .config import DataConfig
 from .data.splits import dataset_split
 from .data.types import MultiGraderSet
 from .metrics import brier, ged_terms, ncc, reliability, summarize_ncc
+from .models.registry import sampling_grid
 from .sampling import binarize, decompose, grader_mean, grader_variance
 
 SPLITS = ("train", "val", "test", "all")
@@ -52,15 +54,6 @@ class EvalResult:
         return {f"{prefix}{k}": float(v) for k, v in scalars.items()}
 
 
-def validation_grid(model: torch.nn.Module, total: int, weight_samples: int) -> tuple[int, int]:
-    """(M, K) with M*K == total: M the largest divisor of `total` not above `weight_samples`; 1 x total for a
-    model without weight noise."""
-    if not getattr(model, "has_weight_noise", False):
-        return 1, total
-    m = max(d for d in range(1, min(weight_samples, total) + 1) if total % d == 0)
-    return m, total // m
-
-
 def evaluate(
     model: torch.nn.Module,
     data: MultiGraderSet,
@@ -74,8 +67,9 @@ def evaluate(
     """Evaluate on a named split of `data` (split rebuilt by `splits.dataset_split` from `data_cfg`'s seed,
     fractions and mode and the cache's split rule).
 
-    A model without weight noise (Kohl) draws 1 x (weight_samples * latent_samples) latent samples, so every
-    method is scored on the same number of samples.
+    `model` is a supuq network (its `model_cfg` names the method). It draws weight_samples * latent_samples
+    samples per image on its method's grid (`sampling_grid`: Kohl draws 1 x all of them), so every method is
+    scored on the same number of samples.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -85,8 +79,7 @@ def evaluate(
         data_cfg = data_cfg or DataConfig()
         parts = dataset_split(data, data_cfg)
         index = getattr(parts, split)
-    if not getattr(model, "has_weight_noise", False):
-        weight_samples, latent_samples = 1, weight_samples * latent_samples
+    weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device)
 

@@ -17,6 +17,7 @@ import torch
 
 from .data.types import MultiGraderSet
 from .evaluate import predict_samples
+from .models.registry import sampling_grid
 from .sampling import binarize, decompose, grader_variance
 
 
@@ -40,11 +41,11 @@ def uncertainty_figure(
     shown_samples: int = 4,
     title: str = "",
 ) -> Path:
-    """One block of three rows per image in `indices`; returns the PNG path."""
+    """One block of three rows per image in `indices`; returns the PNG path. The weight_samples *
+    latent_samples samples per image are drawn on the method's grid (`sampling_grid`), as in `evaluate`."""
     plt = pyplot()
     device = next(model.parameters()).device
-    if not getattr(model, "has_weight_noise", False):
-        weight_samples, latent_samples = 1, weight_samples * latent_samples
+    weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     x = torch.as_tensor(np.asarray(data.images[indices]), dtype=torch.float32, device=device)
     masks = torch.as_tensor(np.asarray(data.masks[indices]), dtype=torch.float32)
     samples = binarize(predict_samples(model, x, weight_samples, latent_samples)).cpu()

@@ -27,8 +27,8 @@ from .data.prepare import load_dataset
 from .data.splits import Split, dataset_split
 from .data.types import MultiGraderSet
 from .errors import SupuqError, TrainingDiverged
-from .evaluate import evaluate_indices, validation_grid
-from .models import build_model
+from .evaluate import evaluate_indices
+from .models.registry import build_model, sampling_grid
 
 Reporter = Callable[[dict[str, float], int, "str | None"], None]
 LOSS_KEYS = ("total", "recon", "kl_z", "kl_w", "supervised", "l2")
@@ -165,7 +165,7 @@ def fit(
 
             validate = epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs
             if validate:
-                m, k = validation_grid(model, cfg.eval.val_samples, cfg.eval.weight_samples)
+                m, k = sampling_grid(cfg.model, cfg.eval.val_samples, cfg.eval.weight_samples)
                 val = evaluate_indices(model, data, val_idx, m, k, cfg.eval.batch_size, device)
                 metrics.update(val.as_dict("val/"))
             history.append({"epoch": float(epoch), **metrics})

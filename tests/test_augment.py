@@ -1,9 +1,12 @@
-"""Tests for supuq.augment: one elastic field per sample, shared by the image and all masks."""
+"""Tests for supuq.augment: kornia's elastic transform, one field per sample, shared by the image and all masks."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from kornia.augmentation import RandomElasticTransform
+from kornia.geometry.transform import elastic_transform2d
 
 from supuq.augment import Augmenter
 from supuq.config import AugmentConfig
@@ -53,6 +56,38 @@ def test_image_and_masks_share_one_field():
     # Paired with another sample's field, thousands of pixels disagree.
     other = out_masks.roll(1, dims=0)[:, 0]
     assert (other[outside] != 0).sum() + (other[inside] != 1).sum() > 1000
+
+
+def test_it_is_kornias_elastic_transform_with_one_noise_field_for_image_and_masks():
+    """The output is kornia's `elastic_transform2d` of the noise kornia drew (the module keeps it): bilinear for the
+    image, nearest for the whole mask stack, with the config's kernel, sigma and alpha on both axes."""
+    torch.manual_seed(4)
+    images, masks = torch.rand(3, 1, 32, 32), torch.cat([_blobs(3, 32, seed=s) for s in range(4)], dim=1)
+    aug = Augmenter(ELASTIC)
+    out_images, out_masks = aug(images, masks)
+    elastic = next(m for m in aug.modules() if isinstance(m, RandomElasticTransform))
+    noise = elastic._params["noise"]
+    assert noise.shape == (3, 2, 32, 32) and noise.abs().max() <= 1  # one [2,H,W] field per sample
+    args = dict(kernel_size=(31, 31), sigma=(6.0, 6.0), alpha=(1.0, 1.0), align_corners=False, padding_mode="border")
+    torch.testing.assert_close(out_images, elastic_transform2d(images, noise, mode="bilinear", **args))
+    assert torch.equal(out_masks, elastic_transform2d(masks, noise, mode="nearest", **args))
+
+
+def test_seeded_reproducibility():
+    images, masks = torch.rand(4, 1, 32, 32), torch.cat([_blobs(4, 32, seed=s) for s in range(2)], dim=1)
+    aug = Augmenter(AugmentConfig(elastic=True, flip=True))
+    runs = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        runs.append(aug(images, masks))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.allclose(runs[0][0], runs[2][0])
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="masks"):
+        Augmenter(ELASTIC)(torch.rand(2, 1, 8, 8), torch.rand(3, 4, 8, 8))
+
 
 def test_masks_stay_binary_and_shapes_dtypes_kept():
     torch.manual_seed(1)

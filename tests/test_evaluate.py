@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from supuq.data.prepare import load_dataset
-from supuq.evaluate import evaluate, validation_grid
+from supuq.config import ModelConfig
+from supuq.evaluate import evaluate
 from supuq.figures import curves_figure, reliability_figure, uncertainty_figure
 from supuq.train import fit
 
@@ -15,9 +16,10 @@ from supuq.train import fit
 class AnnotationEcho(torch.nn.Module):
     """A stand-in whose M*K samples cycle through each image's own annotations (equal counts of each), so its
     sample distribution equals the graders': GED must be 0 and the aleatoric map must equal the grader
-    variance (NCC 1 where defined). It looks the annotations up by the image tensor's content."""
+    variance (NCC 1 where defined). It looks the annotations up by the image tensor's content. Its `model_cfg`
+    is the supervised method's (weight noise on), so `evaluate` keeps the M x K grid it is given."""
 
-    has_weight_noise = True
+    model_cfg = ModelConfig()
 
     def __init__(self, images: np.ndarray, masks: np.ndarray):
         super().__init__()
@@ -58,15 +60,6 @@ def test_evaluate_real_model_protocol_and_ranges(tiny_cfg, tmp_path):
     k = evaluate(kohl.model, kohl.data, "test", 2, 3, data_cfg=tiny_cfg.data)
     assert (k.weight_samples, k.latent_samples) == (1, 6)  # no weight noise: the same 6 samples, all latent
     assert k.epistemic == 0.0
-
-
-def test_validation_grid():
-    class Noisy(torch.nn.Module):
-        has_weight_noise = True
-
-    assert validation_grid(Noisy(), 16, 5) == (4, 4)
-    assert validation_grid(Noisy(), 50, 5) == (5, 10)
-    assert validation_grid(torch.nn.Module(), 16, 5) == (1, 16)
 
 
 def test_figures_are_written(tiny_cfg, tmp_path):

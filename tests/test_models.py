@@ -12,6 +12,7 @@ from torch import nn
 from supuq.config import LossConfig, ModelConfig, WeightNoiseConfig
 from supuq.models import KendallGalUNet, LossTerms, ProbUNet, build_model
 from supuq.models.bayes import BayesConv2d
+from supuq.models.registry import METHODS
 from supuq.models.unet import UNet
 
 B, D, H = 2, 4, 32
@@ -225,7 +226,7 @@ def test_fcomb_efficient_equals_tiled(shared_features):
 def test_kendall_gal_loss_backward_and_sample(batch):
     torch.manual_seed(0)
     model = KendallGalUNet(small_cfg("kendall_gal"), LossConfig(kg_samples=5))
-    assert model.has_weight_noise
+    assert not hasattr(model, "has_weight_noise")  # its weight samples are dropout masks, not weight noise
     x, masks = batch
     unet_calls = count_calls(model.unet)
     terms = model.loss(x, masks, n_train=100)
@@ -249,11 +250,16 @@ def test_kendall_gal_loss_backward_and_sample(batch):
 
 
 @pytest.mark.parametrize(
-    "method, cls, noise", [("supervised", ProbUNet, True), ("kohl", ProbUNet, False), ("kendall_gal", KendallGalUNet, True)]
+    "method, cls, samples_weights",
+    [("supervised", ProbUNet, True), ("kohl", ProbUNet, False), ("kendall_gal", KendallGalUNet, True)],
 )
-def test_build_model(method, cls, noise):
-    model = build_model(small_cfg(method), LossConfig())
-    assert type(model) is cls and model.has_weight_noise is noise
+def test_build_model(method, cls, samples_weights):
+    cfg = small_cfg(method)
+    model = build_model(cfg, LossConfig())
+    assert type(model) is cls and model.model_cfg is cfg
+    assert METHODS[method].samples_weights(cfg) is samples_weights
+    if cls is ProbUNet:
+        assert model.has_weight_noise is samples_weights
 
 
 @pytest.mark.parametrize("method", ["supervised", "kendall_gal"])

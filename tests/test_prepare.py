@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 import supuq.data.types as types
 from supuq.cli import app
-from supuq.config import DataConfig, SyntheticConfig, default_config_path, load_config
+from supuq.config import DataConfig, SyntheticConfig, load_config
+from supuq.data.registry import dataset as registry_entry
 from supuq.data.prepare import default_cache_dir, describe, load_dataset, prepare, show
 from supuq.data.types import MultiGraderSet
 from supuq.errors import DataError
@@ -236,6 +237,6 @@ def test_cache_permissions_follow_the_umask(tmp_path, umask, folder_mode, file_m
 
 def test_out_help_names_the_real_default_folder():
     """The --out help shows the folder the default synthetic config really gets (not data/<dataset>/)."""
-    name = default_cache_dir("synthetic", load_config(default_config_path("synthetic")).data).name
+    name = default_cache_dir("synthetic", load_config(registry_entry("synthetic").config_path()).data).name
     help_text = " ".join(runner.invoke(app, ["data", "prepare", "--help"], terminal_width=200).output.split())
     assert f"data/{name}" in help_text and "data/<dataset>/" not in help_text

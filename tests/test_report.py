@@ -3,6 +3,7 @@ Chromium; the multi-objective sweep (`--objective both`), its Pareto front and `
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import shutil
@@ -16,6 +17,7 @@ from supuq import tracking
 from supuq.sweep.selection import best_trial, pareto_front
 from supuq.workflows.retrain import retrain
 from supuq.cli import app
+from supuq.models.registry import METHOD_LABELS
 from supuq.report import write_report
 from supuq.report.retrain import PUBLISHED_LABEL, _tables_2_3, aggregate_reliability
 from supuq.sweep.driver import run_sweep
@@ -56,6 +58,15 @@ def test_retrain_report_tables_images_artifact_and_cli(store):
     # 3 methods x (uncertainty panel + learning curves) + the reliability diagram
     assert page.count(PNG) == 7
     assert "ECE" in page and "see the paper" not in page  # synthetic: no published column
+    # the configurations table shows each method's own keys (registry): no weight-noise prior for Kendall & Gal
+    configs = page.split("<h2>Configurations</h2>")[1].split("</table>")[0]
+    rows = {label: re.search(rf"<tr><td>{re.escape(html.escape(label))}</td><td>([^<]*)</td>", configs).group(1)
+            for label in METHOD_LABELS.values()}
+    assert "dropout 0.5" in rows[METHOD_LABELS["kendall_gal"]] and "prior" not in rows[METHOD_LABELS["kendall_gal"]]
+    assert "gamma" in rows[METHOD_LABELS["supervised"]]
+    assert "weight_noise.prior gaussian" in rows[METHOD_LABELS["supervised"]]
+    assert "beta" in rows[METHOD_LABELS["kohl"]] and "gamma" not in rows[METHOD_LABELS["kohl"]]
+    assert "Prob. U-Net 1 x 4" in page and "ours 2 x 2" in page  # each method's own sample grid (4 samples)
     # self-contained: nothing fetched from anywhere
     assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:|//|file:)""", page, re.I)
     assert "<script" not in page.lower() and "<link" not in page.lower()

@@ -1,4 +1,5 @@
-"""Earlier implementations of code that was changed for speed, kept so the scripts can show before vs after.
+"""Earlier implementations of code that was changed (for speed, or to call a library's own version), kept so the
+scripts can show before vs after.
 
 Each function has the same contract as the supuq function it replaced and is checked against it in the bench.
 """
@@ -48,24 +49,36 @@ def ged_dense(samples: Tensor, annotations: Tensor, chunk: int = 32) -> Tensor:
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
-def kornia_augmenter(cfg):
-    """`supuq.augment.Augmenter` before the direct implementation: kornia's AugmentationSequential with
-    RandomElasticTransform (and RandomHorizontalFlip), masks as a "mask" key resampled nearest. Returns a callable
-    (images [B,1,H,W], masks [B,D,H,W]) -> (images, masks)."""
-    import kornia.augmentation as K
-    from kornia.constants import DataKey, Resample
+def direct_elastic_augmenter(cfg):
+    """`supuq.augment.Augmenter` before it called kornia: kornia 0.9's RandomElasticTransform math written out
+    (the same uniform noise draw `torch.rand(B,2,H,W) * 2 - 1`, the Gaussian smoothing as two matrix products with
+    banded matrices, the field computed once for the image and its masks), elastic only. Returns a callable
+    (images [B,1,H,W], masks [B,D,H,W]) -> (images, masks) equal to kornia's to float rounding."""
+    k, sigma, alpha = cfg.kernel_size, float(cfg.sigma), float(cfg.alpha)
+    x = torch.arange(k, dtype=torch.float64) - k // 2
+    taps = torch.exp(-(x**2) / (2.0 * sigma**2))
+    taps = taps / taps.sum()  # kornia's get_gaussian_kernel1d
+    cache: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
 
-    steps = []
-    if cfg.elastic:
-        k, s, a = cfg.kernel_size, float(cfg.sigma), float(cfg.alpha)
-        steps.append(K.RandomElasticTransform(kernel_size=(k, k), sigma=(s, s), alpha=(a, a), p=1.0,
-                                              padding_mode="border"))
-    if cfg.flip:
-        steps.append(K.RandomHorizontalFlip(p=0.5))
-    extra = {DataKey.MASK: {"resample": Resample.NEAREST, "align_corners": False}}
-    pipeline = K.AugmentationSequential(*steps, data_keys=["input", "mask"], extra_args=extra)
+    def smoothing_matrix(size: int) -> Tensor:
+        """[size, size] G with (G v)[i] = sum_t taps[t] v[i + t - r]: a zero-padded 'same' correlation."""
+        offset = torch.arange(size)[None, :] - torch.arange(size)[:, None] + k // 2
+        inside = (offset >= 0) & (offset < k)
+        return torch.where(inside, taps[offset.clamp(0, k - 1)], torch.zeros((), dtype=taps.dtype))
 
     def run(images, masks):
-        return tuple(pipeline(images, masks))
+        b, _, h, w = images.shape
+        key = (h, w, images.device, images.dtype)
+        if key not in cache:
+            identity = torch.eye(2, 3, dtype=torch.float32, device=images.device).unsqueeze(0)
+            cache[key] = (smoothing_matrix(h).to(images.device, images.dtype),
+                          smoothing_matrix(w).T.contiguous().to(images.device, images.dtype),
+                          F.affine_grid(identity, [1, 1, h, w], align_corners=False).to(images.dtype))
+        g_h, g_wt, grid = cache[key]
+        noise = torch.rand(b, 2, h, w, device=images.device, dtype=images.dtype) * 2 - 1
+        grid = grid + (torch.matmul(torch.matmul(g_h, noise), g_wt) * alpha).permute(0, 2, 3, 1)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="border", align_corners=False)
+        return images, masks
 
     return run

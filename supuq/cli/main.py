@@ -13,6 +13,7 @@ import typer
 
 from .. import __version__
 from ..data.registry import names_help
+from ..config import METHODS
 from ..errors import SupuqError
 from .common import app, console, ended_by_signals, err_console, load, progress_bar, user_errors
 from .tables import metrics_table, pareto_table, sweep_table
@@ -40,7 +41,7 @@ def main(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Training config YAML (default configs/synthetic.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set loss.gamma=10 (repeatable)."),
-    method: Optional[str] = typer.Option(None, help="supervised | kohl | kendall_gal (sets that method's fixed settings)."),
+    method: Optional[str] = typer.Option(None, help=f"{' | '.join(METHODS)} (sets that method's fixed settings)."),
     seed: Optional[int] = typer.Option(None, help="Training seed (train.seed); the data split keeps data.split_seed."),
     no_track: bool = typer.Option(False, "--no-track", help="Do not log to MLflow; outputs stay in the run folder."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow/mlflow.db)."),
@@ -185,6 +186,7 @@ def best(
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Print a sweep's best trial; with --retrain, the paper's Table 2 (GED) and Table 3 (NCC) over seeds."""
+    from ..models.registry import BASELINES, method as method_entry
     from ..sweep.selection import best_of_sweep, best_trial, fallback_note, find_sweep, pick_pareto, sweep_objective
     from ..workflows.retrain import retrain as run_retrain
     from ..sweep.space import OBJECTIVES, check_objective
@@ -212,15 +214,15 @@ def best(
             err_console.print(fallback_note(metric, found.max_epochs), highlight=False, soft_wrap=True)
     console.print(f"best trial of sweep {found.sweep_name}: {found.trial_name} ({found.metric} = {found.value:.4f}, run {found.run_id})")
     flat = found.config.flat()
-    for key in ("loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std", "optim.lr"):
+    for key in (*method_entry(found.config.model.method).keys, "optim.lr"):
         console.print(f"  {key} = {flat[key]}")
     if not retrain:
         return
     tuned = {}
     for item in baseline_sweep:
         method, _, name = item.partition("=")
-        if method not in ("kohl", "kendall_gal") or not name:
-            raise SupuqError(f"--baseline-sweep {item!r}: expected kohl=SWEEP or kendall_gal=SWEEP")
+        if method not in BASELINES or not name:
+            raise SupuqError(f"--baseline-sweep {item!r}: expected " + " or ".join(f"{b}=SWEEP" for b in BASELINES))
         tuned[method] = best_trial(uri, dataset, name)
         if tuned[method].config.model.method != method:
             raise SupuqError(f"sweep {name!r} tuned method {tuned[method].config.model.method!r}, not {method!r}")

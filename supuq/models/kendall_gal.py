@@ -19,21 +19,18 @@ LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 5.0  # keeps exp(log_sigma) finite and the
 class KendallGalUNet(nn.Module):
     """U-Net (plain last conv, MC dropout at `model_cfg.dropout`) + 1x1 heads for logit mean and log sigma.
 
-    Attributes: `unet`, `mean_head`, `log_sigma_head`, `loss_cfg`.
+    Attributes: `unet`, `mean_head`, `log_sigma_head`, `model_cfg`, `loss_cfg`. Its epistemic source is MC
+    dropout, not weight noise: `sample`'s M "weight samples" are M dropout masks.
     """
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig | None = None):
         super().__init__()
         f = model_cfg.num_filters
+        self.model_cfg = model_cfg
         self.loss_cfg = loss_cfg if loss_cfg is not None else LossConfig()
         self.unet = UNet(model_cfg.in_channels, f, model_cfg.convs_per_block, dropout=model_cfg.dropout)
         self.mean_head = nn.Conv2d(f[0], 1, 1)
         self.log_sigma_head = nn.Conv2d(f[0], 1, 1)
-
-    @property
-    def has_weight_noise(self) -> bool:
-        """True: dropout masks are this model's epistemic (weight) source."""
-        return True
 
     def heads(self, feats: Tensor) -> tuple[Tensor, Tensor]:
         """feats [N, C, H, W] -> (mu, log_sigma) [N, 1, H, W], log_sigma clamped to its range."""

@@ -118,12 +118,13 @@ def _rsample(mu: Tensor, log_sigma: Tensor, shape: Sequence[int] = ()) -> Tensor
 class ProbUNet(nn.Module):
     """U-Net (optionally with a Bayesian last conv) + prior/posterior latent nets + fcomb.
 
-    Attributes: `unet`, `prior`, `posterior`, `fcomb`, `loss_cfg`.
+    Attributes: `unet`, `prior`, `posterior`, `fcomb`, `model_cfg`, `loss_cfg`.
     """
 
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig | None = None):
         super().__init__()
         f, c = model_cfg.num_filters, model_cfg.convs_per_block
+        self.model_cfg = model_cfg
         self.loss_cfg = loss_cfg if loss_cfg is not None else LossConfig()
         self.unet = UNet(model_cfg.in_channels, f, c, weight_noise=model_cfg.weight_noise)
         self.prior = LatentNet(model_cfg.in_channels, f, c, model_cfg.latent_dim)
@@ -132,6 +133,7 @@ class ProbUNet(nn.Module):
 
     @property
     def has_weight_noise(self) -> bool:
+        """Whether the U-Net's last conv is Bayesian (`model.weight_noise.enabled`)."""
         return self.unet.bayesian
 
     def kl_weights(self) -> Tensor:

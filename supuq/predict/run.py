@@ -20,9 +20,10 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    independently; each pixel's maps are the Gaussian-weighted mean over the tiles that cover it, and its binary
    samples come from the tile most centred on it (`supuq.predict.tiles`). Outside the predicted region every
    map is 0. Tiles are batched on the device.
-5. Per pixel, from the M x K binary samples (DESIGN.md section 6; a model without weight noise draws
-   1 x samples): ``pm`` mean sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric +
-   epistemic), ``consensus`` = pm > 0.5, optionally the S binary samples as one (N+1)-D image.
+5. Per pixel, from the M x K binary samples (DESIGN.md section 6; on the method's grid,
+   `supuq.models.registry.sampling_grid`: a method that samples no weights draws 1 x samples): ``pm`` mean
+   sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric + epistemic), ``consensus`` =
+   pm > 0.5, optionally the S binary samples as one (N+1)-D image.
 6. Outputs in the input's geometry (origin, spacing, direction copied) in ``--format nifti`` (.nii.gz) or
    ``same`` (the input's extension; a DICOM input is written as .nii.gz, and PNG/JPEG/BMP inputs are refused
    because those formats cannot hold floating-point maps), ``prediction.json`` with every setting and the
@@ -50,6 +51,7 @@ from ..config import Config
 from ..data.preprocessing import apply as preprocess
 from ..errors import SupuqError
 from ..evaluate import predict_samples
+from ..models import registry
 from ..sampling import binarize, decompose
 from .io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
                  stacked_like, write_maps)
@@ -146,8 +148,8 @@ def predict_volume(
 
     image: SimpleITK image, 2-D [X,Y] or 3-D [X,Y,Z] (arrays [Y,X] / [Z,Y,X]); grey or identical-channel colour.
     samples: S binary samples per pixel, drawn as M = weight_samples weight samples x K = S / M latent samples
-    (1 x S for a model without weight noise). crop: None (centre crop of the training size), an integer N
-    (centre crop N x N) or "full" (tiles of the training size overlapping by `overlap` of a tile, blended with
+    (1 x S for a method that samples no weights, `sampling_grid`). crop: None (centre crop of the training
+    size), an integer N (centre crop N x N) or "full" (tiles of the training size overlapping by `overlap` of a tile, blended with
     Gaussian weights: `supuq.predict.tiles`). preprocessing: the checkpoint's record (see
     `preprocess`). slices: indices of the axial slices to predict (default all; others stay 0). seed: the
     sampling seed (the caller's torch RNG state is restored afterwards). info: filled with the details
@@ -163,12 +165,12 @@ def predict_volume(
     image = scalar_image(image)
     if cfg.model.in_channels != 1:
         raise SupuqError(f"the model takes {cfg.model.in_channels} input channels; predict handles 1")
-    noisy = bool(getattr(model, "has_weight_noise", False))
     if samples < 1 or weight_samples < 1:
         raise SupuqError(f"samples ({samples}) and weight samples ({weight_samples}) must be positive")
-    if noisy and samples % weight_samples:
+    samples_weights = registry.method(cfg.model.method).samples_weights(cfg.model)
+    if samples_weights and samples % weight_samples:  # the user's M is kept or refused, never silently lowered
         raise SupuqError(f"samples ({samples}) must be a multiple of weight samples ({weight_samples})")
-    m, k = (weight_samples, samples // weight_samples) if noisy else (1, samples)
+    m, k = registry.sampling_grid(cfg.model, samples, weight_samples)
 
     array = sitk.GetArrayFromImage(image)
     volume = array[None] if array.ndim == 2 else array  # [Z, Y, X]
@@ -227,7 +229,8 @@ def predict_volume(
     info.update(
         preprocessing={**(preprocessing or {}), "applied": applied},
         crop={**region, "training_size": trained, "outside": "maps are 0 outside the predicted region"},
-        grid={"samples": m * k, "weight_samples": m, "latent_samples": k, "weight_noise": noisy, "seed": seed},
+        grid={"samples": m * k, "weight_samples": m, "latent_samples": k, "weight_noise": samples_weights,
+              "seed": seed},
         slices_predicted=[int(z) for z in chosen],
         device=str(device),
         model_seconds=round(time.perf_counter() - started, 3),

@@ -1,4 +1,4 @@
-"""The pieces of supuq's self-contained HTML reports (`supuq.report`, `supuq.report_sweep`): the page with its
+"""The pieces of supuq's self-contained HTML reports (`supuq.report.retrain`, `supuq.report.sweep`): the page with its
 inline CSS, tables, figures embedded as base64 PNG data URIs, number formatting, and MLflow artifacts fetched
 into a work folder (quietly: no progress bar per file).
 """

@@ -230,7 +230,7 @@ def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary
     if published is not None and not any(published.get(k) for k in ("ged", "ncc")):
         notes.append(f"Published values: see Tables 2 and 3 of {PAPER}. They are not copied here because no "
                      "verified copy of the tables was available to this report generator, and numbers are never "
-                     "filled in from memory (supuq.report.PUBLISHED holds them once transcribed). Published values "
+                     "filled in from memory (supuq.report.retrain.PUBLISHED holds them once transcribed). Published values "
                      "come from the authors' data, splits and training budget; they are shown for orientation, "
                      "not reproduced by this run.")
     elif published is not None:
@@ -242,28 +242,47 @@ def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary
     return out
 
 
+SHARED_KEYS = ("optim.lr", "train.epochs", "train.batch_size")
+
+
 def _config_table(methods: list[str], label: dict[str, str], by_method: dict[str, list]) -> str:
-    keys = ("loss.beta", "loss.gamma", "model.weight_noise.enabled", "model.weight_noise.prior",
-            "model.weight_noise.prior_std", "optim.lr", "train.epochs", "train.batch_size")
+    """Per method (its seed-0 run's params): the keys only that method reads (`Method.keys` of the registry,
+    so Kendall & Gal shows its dropout, not the weight-noise prior it never uses), then the shared ones."""
+    from ..models.registry import METHODS
+
     rows = []
     for m in methods:
         runs = by_method.get(m)
         if runs:
-            rows.append([label[m], *(param_text(runs[0].data.params.get(k)) for k in keys)])
+            params = runs[0].data.params
+            own = METHODS[m].keys if m in METHODS else ()
+            settings = "; ".join(f"{k.split('.', 1)[1]} {param_text(params.get(k))}" for k in own)
+            rows.append([label[m], settings or "-", *(param_text(params.get(k)) for k in SHARED_KEYS)])
     if not rows:
         return ""
-    return "<h2>Configurations</h2>" + html_table(["method", *(k.split(".")[-1] for k in keys)], rows)
+    head = ["method", "the method's own settings", *(k.split(".")[-1] for k in SHARED_KEYS)]
+    return "<h2>Configurations</h2>" + html_table(head, rows)
 
 
 def _samples(by_method: dict[str, list]) -> str:
-    for runs in by_method.values():
+    """"50 (5 x 10)" when every method drew the same M x K grid, else each method's grid after the total."""
+    from ..models.registry import SHORT_LABELS
+
+    grids = {}
+    for method, runs in by_method.items():
         params = runs[0].data.params
         try:
-            m, k = int(params["eval.weight_samples"]), int(params["eval.latent_samples"])
-            return f"{m * k} ({m} x {k})"
+            grids[method] = (int(params["eval.weight_samples"]), int(params["eval.latent_samples"]))
         except (KeyError, ValueError):
             continue
-    return "?"
+    if not grids:
+        return "?"
+    totals = sorted({m * k for m, k in grids.values()})
+    if len(set(grids.values())) == 1:
+        m, k = next(iter(grids.values()))
+        return f"{m * k} ({m} x {k})"
+    each = "; ".join(f"{SHORT_LABELS.get(name, name)} {m} x {k}" for name, (m, k) in grids.items())
+    return f"{'/'.join(map(str, totals))} ({each})"
 
 
 def aggregate_reliability(tables: list[dict[str, list[float]]]) -> dict[str, Any]:

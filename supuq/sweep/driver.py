@@ -29,7 +29,7 @@ from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
 from .results import TrialProgress, finalize_child_runs, summarize_trials
 from .selection import best_row, fallback_note, rank_trials
-from .space import SweepSpace, load_space, objective_changes
+from .space import SweepSpace, check_method_keys, load_space, objective_changes
 from .search import NanSafeOptunaSearch, param_space
 from .storage import ray_storage, read_text, storage_root, write_text
 from .trainable import trial_main
@@ -107,6 +107,7 @@ def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
     raw = {**space.model_dump(mode="json"), **changes}
     raw["space"] = {k: {d["kind"]: d["value"]} for k, d in raw["space"].items()}
     space = SweepSpace.model_validate(raw)
+    check_method_keys(space, cfg)
     # Catch values the config schema rejects before Ray starts: each range's lower end, each given point.
     for key, dist in space.space.items():
         cfg.updated({key: dist.value[0]})

@@ -3,8 +3,9 @@ before Ray starts.
 
 A space maps dotted config keys to one distribution each:
 `{loguniform: [lo, hi]}` | `{uniform: [lo, hi]}` | `{choice: [...]}` | `{int: [lo, hi]}`.
-Every key must name a leaf of the config schema, and the first point evaluated is the dataset config's own
-values (Table 1 of the paper for LIDC and MICCAI2012) unless the file gives `points_to_evaluate`.
+Every key must name a leaf of the config schema and none may be only another method's (`check_method_keys`),
+and the first point evaluated is the dataset config's own values (Table 1 of the paper for LIDC and MICCAI2012)
+unless the file gives `points_to_evaluate`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..config import Config, is_config_key, read_yaml
 from ..errors import ConfigError
+from ..models.registry import foreign_keys
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "int")
 
@@ -170,6 +172,18 @@ class SweepSpace(_Strict):
         return points
 
 
+def check_method_keys(space: SweepSpace, base: Config) -> None:
+    """A one-line `ConfigError` when the space searches a key that only another method reads (e.g. model.dropout
+    for the supervised method): those trials would differ in nothing but their seed. The methods are the base
+    config's, or every choice when the space searches `model.method` itself (registry: `Method.keys`)."""
+    searched = space.space.get("model.method")
+    methods = searched.value if searched is not None and searched.kind == "choice" else [base.model.method]
+    foreign = foreign_keys(methods, list(space.space))
+    if foreign:
+        raise ConfigError(f"the space searches {', '.join(foreign)}, which method {'/'.join(methods)} does not use "
+                          "(supuq.models.registry lists each method's keys); drop it or set model.method")
+
+
 def load_space(path: str | Path) -> SweepSpace:
     """Read and validate a search-space YAML; errors are one line naming the file and the key."""
     raw = read_yaml(path)
@@ -196,7 +210,7 @@ def objective_changes(objective: str, space: SweepSpace) -> dict[str, Any]:
     trials by one metric, so it would stop the trials of the front's high-NCC end for their GED, and a stopped
     trial's last values come from fewer epochs than a finished one's, so they cannot be compared on the front.
     Every trial then runs all epochs. Where NCC is NaN (no validation image with a non-constant map), the
-    searcher alone is told -1, the worst NCC (`tune.NanSafeOptunaSearch`); MLflow keeps the NaN."""
+    searcher alone is told -1, the worst NCC (`supuq.sweep.search.NanSafeOptunaSearch`); MLflow keeps the NaN."""
     if objective == "both":
         return {
             "metric": OBJECTIVES["ged"][0], "mode": OBJECTIVES["ged"][1],

@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import tracking
 from ..config import Config, dump_config, validate_config
+from ..models.registry import METHODS, sampling_grid
 from ..sweep.selection import BestTrial
 from .tables import aggregate, common_subset_ncc, results_table
 
@@ -31,12 +32,14 @@ class RetrainOutcome:
 def retrain_configs(
     best: Config, seeds: int, baselines: bool, samples: int, tuned: dict[str, Config] | None = None
 ) -> list[Config]:
-    """One config per (method, seed): trained on train+val, tested with `samples` (M=5 x K, or 1 x samples).
+    """One config per (method, seed): trained on train+val, tested with `samples` on the method's grid
+    (`sampling_grid`: M=5 x K with weight samples, 1 x samples without), recorded in its eval settings.
 
-    A baseline takes its own tuned config from `tuned` (e.g. the best trial of its own sweep) when given,
-    else the best config with that method's fixed settings (`Config.with_method`).
+    With `baselines` every registered method is retrained. A baseline takes its own tuned config from `tuned`
+    (e.g. the best trial of its own sweep) when given, else the best config with that method's fixed settings
+    (`Config.with_method`).
     """
-    methods = ["supervised", "kohl", "kendall_gal"] if baselines else [best.model.method]
+    methods = list(METHODS) if baselines else [best.model.method]
     configs = []
     for method in methods:
         if method == best.model.method:
@@ -45,11 +48,11 @@ def retrain_configs(
             base = tuned[method]
         else:
             base = best.with_method(method)
-        weight = base.eval.weight_samples if samples % base.eval.weight_samples == 0 else 1
+        weight, latent = sampling_grid(base.model, samples, base.eval.weight_samples)
         for seed in range(seeds):
             configs.append(base.updated({
                 "train.seed": seed, "train.train_on_val": True,
-                "eval.weight_samples": weight, "eval.latent_samples": samples // weight,
+                "eval.weight_samples": weight, "eval.latent_samples": latent,
             }))
     return configs
 

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .tables import METHOD_LABELS, mean_pm
 from ..errors import SupuqError
-
-METHODS = ("supervised", "kohl", "kendall_gal")
-SHORT = {"supervised": "ours", "kohl": "Prob. U-Net", "kendall_gal": "Kendall & Gal"}
+from ..models.registry import METHOD_LABELS, METHODS, SHORT_LABELS as SHORT
+from .tables import mean_pm
 
 
 def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, float, float]:
@@ -90,7 +88,7 @@ def write_results(
         results = json.loads(tracking.download_artifact(uri, retrain_run_id, "results.json", tmp).read_text())
         config_text = tracking.download_artifact(uri, retrain_run_id, "best_config.yaml", tmp).read_text()
     per_seed: dict[str, list[dict[str, float]]] = results["per_seed"]
-    summary: dict[str, dict[str, float]] = results["summary"]  # best.aggregate of per_seed: mean ± std per key
+    summary: dict[str, dict[str, float]] = results["summary"]  # tables.aggregate of per_seed: mean ± std per key
     common = results.get("ncc_common", {})
     methods = [m for m in METHODS if m in per_seed]
     seeds = max(len(v) for v in per_seed.values())

@@ -6,11 +6,8 @@ from typing import Any
 
 import numpy as np
 
-METHOD_LABELS = {
-    "supervised": "Ours (Prob. U-Net + weight noise + supervised aleatoric)",
-    "kohl": "Probabilistic U-Net (Kohl et al. 2018)",
-    "kendall_gal": "MC dropout + logit noise (Kendall & Gal 2017)",
-}
+from ..models.registry import METHOD_LABELS  # noqa: F401  the labels live in the method registry
+
 REPORTED = ("ged", "ncc", "ncc_excluded", "ncc_true", "diversity", "dist_sy", "brier", "ece", "aleatoric", "epistemic")
 
 
