@@ -162,3 +162,19 @@ def test_published_values_of_hu_et_al():
         result = build_tables(dataset, per_seed, 50)
         assert all(c.kind != "published" for t in result.tables for c in t.columns)
         assert any("No published values" in note for note in result.notes)
+
+
+def test_scale_and_samples_read_from_a_retrains_records():
+    from types import SimpleNamespace
+
+    from supuq.workflows.tables import recorded_scale, samples_of
+
+    def run(**params):  # what the functions read of an MLflow Run: run.data.params (strings)
+        return SimpleNamespace(data=SimpleNamespace(params={k.replace("_", ".", 1): str(v) for k, v in params.items()}))
+
+    runs = [run(eval_weight_samples=1, eval_latent_samples=50, train_epochs=12),
+            run(eval_weight_samples=5, eval_latent_samples=10, train_epochs=40)]
+    assert samples_of(runs) == "50 (5 x 10 or 1 x 50)" and samples_of([]) == "?"
+    per_seed = {"supervised": [{}, {}, {}], "kohl": [{}, {}]}
+    assert recorded_scale({"per_seed": per_seed, "scale": {"epochs": 30, "image_px": 128}}, runs) == Scale(2, 30, 128)
+    assert recorded_scale({"per_seed": per_seed}, runs) == Scale(2, 12, None)  # older results.json: from the runs

@@ -85,7 +85,7 @@ def result_tables(result: ResultTables) -> Group:
     caption; the smoke banner first."""
     parts: list = [Text(result.heading, style="bold")]
     if result.banner:
-        parts.append(Padding(Text(result.banner, style="bold white on red"), (1, 0, 0, 0)))
+        parts.append(Padding(Text(result.banner, style="bold white on red"), (1, 0, 0, 0), expand=False))
     for table in result.tables:
         rich_table = Table(title=table.title, caption=" ".join(table.notes), caption_justify="left",
                            box=box.SIMPLE_HEAD, title_justify="left")
@@ -94,6 +94,6 @@ def result_tables(result: ResultTables) -> Group:
                                   style=COLUMN_STYLE.get(column.kind))
         for row in table.rows:
             rich_table.add_row(*(cell.text for cell in row))
-        parts.append(Padding(rich_table, (1, 0, 0, 0)))
-    parts += [Padding(Text(note, style="dim"), (1, 0, 0, 0)) for note in result.notes]
+        parts.append(Padding(rich_table, (1, 0, 0, 0), expand=False))
+    parts += [Padding(Text(note, style="dim"), (1, 0, 0, 0), expand=False) for note in result.notes]
     return Group(*parts)

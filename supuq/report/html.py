@@ -27,6 +27,7 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-a
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 td.published, th.published { background: #fff7e0; color: #6b5500; font-style: italic; }
 td.verdict, th.verdict { background: #eef4fb; text-align: left; }
+td.num, td.published { white-space: nowrap; } th.published { min-width: 200px; }
 .banner { background: #fde8e8; border: 2px solid #c0392b; color: #7b1d12; font-weight: bold; padding: 8px 12px; }
 .meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; max-width: 1000px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
@@ -59,11 +60,13 @@ def html_table(head: list[str], rows: list[list[str]], classes: list[str | None]
 
 def html_result_tables(result: ResultTables) -> list[str]:
     """The Table 2/3 model (`supuq.workflows.tables.ResultTables`) as HTML: the smoke banner, then per table a
-    heading, the table (verdict and published columns styled apart) and its notes, then the shared notes."""
+    heading, the table and its notes, then the shared notes."""
     out = [f"<p class='banner'>{html.escape(result.banner)}</p>"] if result.banner else []
     for table in result.tables:
         out.append(f"<h2>{html.escape(table.title)}</h2>")
-        classes = [c.kind if c.kind in ("verdict", "published") else None for c in table.columns]
+        # numbers stay on one line ("0.4979 ± 0.2707"); the verdict and published columns are styled apart
+        classes = [{"measured": "num", "verdict": "verdict", "published": "published"}.get(c.kind)
+                   for c in table.columns]
         out.append(html_table([c.name for c in table.columns], [[cell.text for cell in row] for row in table.rows],
                               classes))
         out += [f"<p class='note'>{html.escape(note)}</p>" for note in table.notes]

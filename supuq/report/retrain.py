@@ -114,8 +114,8 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
     samples = samples_of(children)
     model = build_tables(dataset, per_seed, samples, results.get("ncc_common", {}), recorded_scale(results, children))
 
-    out = [f"<p class='meta'>{html.escape(model.heading)}; retrained on train+val, mean ± std (sample std) over "
-           "seeds.</p>"]
+    out = [f"<p class='meta'>{html.escape(model.heading)}; each seed retrained on train+val; std is the sample "
+           "std over seeds.</p>"]
     out += html_result_tables(model)
     out.append(_config_table(methods, label, by_method))
 

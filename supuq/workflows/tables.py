@@ -72,14 +72,18 @@ def seed_values(per_seed: dict[str, list[dict[str, float]]], method: str, key: s
 
 
 def samples_of(seed_runs: list) -> str:
-    """Test samples per image of a retrain's MLflow seed runs, e.g. "50 (5 x 10)" ("?" when not logged)."""
+    """Test samples per image of a retrain's MLflow seed runs with their weight x latent grids, e.g.
+    "50 (5 x 10 or 1 x 50)" (a model without weight noise draws 1 x 50); "?" when not logged."""
+    grids: dict[str, int] = {}
     for run in seed_runs:
         try:
             m, k = int(run.data.params["eval.weight_samples"]), int(run.data.params["eval.latent_samples"])
         except (KeyError, ValueError):
             continue
-        return f"{m * k} ({m} x {k})"
-    return "?"
+        grids.setdefault(f"{m} x {k}", m * k)
+    if not grids:
+        return "?"
+    return f"{next(iter(grids.values()))} ({' or '.join(sorted(grids, key=lambda g: -int(g.split()[0])))})"
 
 
 def mean_pm(stats: dict[str, float], key: str, digits: int = 4) -> str:
@@ -307,7 +311,7 @@ def build_tables(dataset: str, per_seed: dict[str, list[dict[str, float]]], samp
                      "and those numbers are not comparable with these.")
     if any(c.kind == "verdict" for c in table2.columns):
         notes.append(f"Verdict rule (supuq.workflows.tables.compare, which also judges the claims of "
-                     f"`supuq results`): {RULE.replace('*', '')}.")
+                     f"supuq results): {RULE.replace('*', '')}.")
     reasons = smoke_reasons(scale or Scale(seeds))
     banner = (f"Smoke-scale run: {', '.join(reasons)}. It shows that the pipeline works; its numbers are not "
               f"results (a result needs images of at least {SMOKE_MIN_IMAGE_PX} px, {SMOKE_MIN_EPOCHS} epochs and "
