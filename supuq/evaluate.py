@@ -18,7 +18,7 @@ import torch
 from .config import DataConfig
 from .data.splits import dataset_split
 from .data.types import MultiGraderSet
-from .metrics import brier, ged_terms, ncc, reliability, summarize_ncc
+from .metrics import brier, ece_from_bins, ged_terms, ncc, reliability, summarize_ncc
 from .models.registry import sampling_grid
 from .sampling import binarize, decompose, grader_mean, grader_variance
 
@@ -147,8 +147,9 @@ def evaluate_indices(
 
 
 class ReliabilityAccumulator:
-    """Reliability of p_m against p_g over all pixels, accumulated batch by batch in fixed bins so that the
-    pixels of a large test set are never held at once."""
+    """Reliability of p_m against p_g over all pixels, accumulated in fixed bins (per-bin sums of p_m and p_g and
+    pixel counts, float64 [bins]) so that the pixels of a large test set are never held at once. The same sums
+    pool several runs' tables (`pool_reliability`): pooling bins is pooling pixels."""
 
     def __init__(self, bins: int = 10):
         self.bins = bins
@@ -159,15 +160,23 @@ class ReliabilityAccumulator:
     def add(self, p_m: torch.Tensor, p_g: torch.Tensor) -> None:
         """p_m, p_g [B,H,W] in [0,1]."""
         part = reliability(p_m, p_g, bins=self.bins)
-        counts = np.asarray(part.counts, dtype=np.float64)
-        self.count += counts
-        self.sum_pred += np.nan_to_num(np.asarray(part.mean_pred, dtype=np.float64)) * counts
-        self.sum_obs += np.nan_to_num(np.asarray(part.mean_obs, dtype=np.float64)) * counts
+        sum_pred, sum_obs = part.sums()
+        self.count += part.counts.numpy()
+        self.sum_pred += sum_pred.numpy()
+        self.sum_obs += sum_obs.numpy()
+
+    def add_table(self, table: dict[str, list[float]]) -> None:
+        """Add another accumulator's `table()` (e.g. one seed's eval.json "reliability"); same bins."""
+        count = np.asarray(table["count"], dtype=np.float64)
+        if len(count) != self.bins:
+            raise ValueError(f"reliability table has {len(count)} bins, expected {self.bins}")
+        self.count += count
+        self.sum_pred += np.nan_to_num(np.asarray(table["mean_pred"], dtype=np.float64)) * count
+        self.sum_obs += np.nan_to_num(np.asarray(table["mean_obs"], dtype=np.float64)) * count
 
     def ece(self) -> float:
-        """Count-weighted mean |mean predicted - mean observed| over bins."""
-        total = self.count.sum()
-        return float(np.abs(self.sum_pred - self.sum_obs).sum() / total) if total else float("nan")
+        """`metrics.ece_from_bins` of the accumulated bins (supuq's one ECE definition)."""
+        return ece_from_bins(self.sum_pred, self.sum_obs, self.count)
 
     def table(self) -> dict[str, list[float]]:
         """Per-bin mean prediction, mean observation (NaN for empty bins) and counts, for plots."""
@@ -175,6 +184,17 @@ class ReliabilityAccumulator:
             pred = self.sum_pred / self.count
             obs = self.sum_obs / self.count
         return {"mean_pred": pred.tolist(), "mean_obs": obs.tolist(), "count": self.count.tolist()}
+
+
+def pool_reliability(tables: list[dict[str, list[float]]]) -> ReliabilityAccumulator:
+    """Several runs' reliability tables (e.g. one per seed) summed bin by bin: counts add, means are
+    count-weighted. Its `ece()` is the ECE of all their pixels together."""
+    if not tables:
+        raise ValueError("pool_reliability needs at least one table")
+    pooled = ReliabilityAccumulator(bins=len(tables[0]["count"]))
+    for table in tables:
+        pooled.add_table(table)
+    return pooled
 
 
 def per_pixel_pm(logits: torch.Tensor) -> torch.Tensor:

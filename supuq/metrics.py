@@ -4,7 +4,7 @@
   one mask is empty. The self terms average over all ordered pairs including i == j (a V-statistic, as in the
   authors' and PHiSeg's code), so the GED of a set against itself is exactly 0.
 - NCC between uncertainty maps, NaN where either map is constant, summarised with the count of excluded images.
-- Calibration of p_m against p_g: Brier score, reliability diagram, expected calibration error.
+- Calibration of p_m against p_g: Brier score, reliability diagram, expected calibration error (`ece_from_bins`).
 
 Pairwise IoUs come from one matrix product of the flattened masks per image (a Gram matrix), so there is no Python
 loop over pairs. Intersections of {0,1} masks are integer counts: on the CPU they are an int8 x int8 -> int32 matrix
@@ -354,6 +354,10 @@ class Reliability:
     mean_obs: Tensor
     counts: Tensor
 
+    def sums(self) -> tuple[Tensor, Tensor]:
+        """Per-bin sums of p_m and of p_g [bins] (0 in empty bins): they add up across batches and seeds."""
+        return torch.nan_to_num(self.mean_pred) * self.counts, torch.nan_to_num(self.mean_obs) * self.counts
+
 
 def reliability(p_m: Tensor, p_g: Tensor, bins: int = 10) -> Reliability:
     """Bin every pixel by p_m into `bins` equal bins of [0,1] (1.0 goes in the last bin) and average p_m and p_g.
@@ -380,12 +384,16 @@ def reliability(p_m: Tensor, p_g: Tensor, bins: int = 10) -> Reliability:
     )
 
 
+def ece_from_bins(sum_pred, sum_obs, counts) -> float:
+    """supuq's one ECE (expected calibration error of p_m against p_g): pixels binned by p_m (`reliability`),
+    ECE = sum_b (n_b/N) |mean_b p_m - mean_b p_g| = sum_b |sum_b p_m - sum_b p_g| / N, from per-bin sums of p_m,
+    of p_g and pixel counts ([bins] array-likes: bins add up across batches and seeds). NaN with no pixel."""
+    sum_pred, sum_obs, counts = (torch.as_tensor(v, dtype=torch.float64) for v in (sum_pred, sum_obs, counts))
+    total = float(counts.sum())
+    return float((sum_pred - sum_obs).abs().sum() / total) if total else math.nan
+
+
 def ece(p_m: Tensor, p_g: Tensor, bins: int = 10) -> float:
-    """Expected calibration error: sum over non-empty bins of (count / total) * |mean_pred - mean_obs|."""
+    """ECE (`ece_from_bins`) of maps p_m, p_g [N,H,W] in [0,1] over all their pixels, `bins` equal bins."""
     rel = reliability(p_m, p_g, bins)
-    total = float(rel.counts.sum())
-    if total == 0:
-        return math.nan
-    ok = rel.counts > 0
-    gap = (rel.mean_pred[ok] - rel.mean_obs[ok]).abs()
-    return float((rel.counts[ok] * gap).sum() / total)
+    return ece_from_bins(*rel.sums(), rel.counts)

@@ -19,7 +19,10 @@ from supuq.workflows.retrain import retrain
 from supuq.cli import app
 from supuq.models.registry import METHOD_LABELS
 from supuq.report import write_report
-from supuq.report.retrain import PUBLISHED_LABEL, _tables_2_3, aggregate_reliability
+from supuq.evaluate import pool_reliability
+from supuq.report.html import html_result_tables
+from supuq.workflows.published import PUBLISHED_LABEL
+from supuq.workflows.tables import build_tables
 from supuq.sweep.driver import run_sweep
 from supuq.sweep.search import NCC_WORST, NanSafeOptunaSearch
 
@@ -103,22 +106,25 @@ def test_sweep_report_by_name(store):
 
 
 def test_published_column_only_for_the_papers_datasets():
-    summary = {"supervised": {"ged_mean": 0.3, "ged_std": 0.01, "ncc_mean": 0.5, "ncc_std": 0.02}}
-    label = {"supervised": "Ours"}
-    lidc = "".join(_tables_2_3("lidc-toolbox", ["supervised"], label, summary, {}))
-    assert lidc.count(PUBLISHED_LABEL) == 2 and "see the paper (Table 2)" in lidc and "see the paper (Table 3)" in lidc
-    synthetic = "".join(_tables_2_3("synthetic", ["supervised"], label, summary, {}))
-    assert PUBLISHED_LABEL not in synthetic and "0.3000 ± 0.0100" in synthetic
+    # three seeds whose GED has mean 0.3 and sample std 0.01, NCC mean 0.5 and std 0.02
+    per_seed = {"supervised": [{"ged": g, "ncc": n} for g, n in ((0.29, 0.48), (0.30, 0.50), (0.31, 0.52))]}
+    lidc = "".join(html_result_tables(build_tables("lidc-toolbox", per_seed, 50)))
+    assert lidc.count(PUBLISHED_LABEL) == 2  # the published column of Table 2 and of Table 3
+    assert "0.267 ± 0.012" in lidc and "0.669 ± 0.011" in lidc  # Hu et al.'s LIDC values for ours
+    assert "slice-level random split, the authors&#x27; preprocessing" in lidc
+    synthetic = "".join(html_result_tables(build_tables("synthetic", per_seed, 50)))
+    assert PUBLISHED_LABEL not in synthetic and "0.3000 ± 0.0100" in synthetic and "0.500 ± 0.020" in synthetic
 
 
 def test_reliability_is_summed_over_seeds():
     a = {"mean_pred": [0.1, float("nan")], "mean_obs": [0.2, float("nan")], "count": [10, 0]}
     b = {"mean_pred": [0.05, 0.9], "mean_obs": [0.05, 0.6], "count": [30, 10]}
-    agg = aggregate_reliability([a, b])
-    assert agg["count"] == [40, 10]
-    assert agg["mean_pred"][0] == pytest.approx((0.1 * 10 + 0.05 * 30) / 40)
-    assert agg["mean_obs"][1] == pytest.approx(0.6)
-    assert agg["ece"] == pytest.approx((abs(1.0 + 1.5 - 2.0 - 1.5) + abs(9.0 - 6.0)) / 50)
+    agg = pool_reliability([a, b])
+    table = agg.table()
+    assert table["count"] == [40, 10]
+    assert table["mean_pred"][0] == pytest.approx((0.1 * 10 + 0.05 * 30) / 40)
+    assert table["mean_obs"][1] == pytest.approx(0.6)
+    assert agg.ece() == pytest.approx((abs(1.0 + 1.5 - 2.0 - 1.5) + abs(9.0 - 6.0)) / 50)
 
 
 def test_pareto_front_min_ged_max_ncc():

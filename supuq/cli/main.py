@@ -16,7 +16,7 @@ from ..data.registry import names_help
 from ..config import METHODS
 from ..errors import SupuqError
 from .common import app, console, ended_by_signals, err_console, load, progress_bar, user_errors
-from .tables import metrics_table, pareto_table, sweep_table
+from .tables import metrics_table, pareto_table, result_tables, sweep_table
 
 def _version(value: bool) -> None:
     if value:
@@ -234,7 +234,7 @@ def best(
     with progress_bar("retraining (method x seed)") as progress:
         outcome = run_retrain(found, found.config, uri, seeds, baselines or bool(tuned), samples,
                               parallel=not serial, progress=progress, tuned=tuned)
-    console.print(outcome.table)
+    console.print(result_tables(outcome.tables))
     console.print(f"retrain run {outcome.parent_run_id} ({outcome.seconds:.0f} s); results.md is its artifact. "
                   "Browse with: supuq ui")
     if report is not None:

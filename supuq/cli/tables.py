@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
+from rich.console import Group
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
+
+from ..workflows.tables import ResultTables
+
+# How the Table 2/3 model's column kinds look in the terminal.
+COLUMN_STYLE = {"method": "bold", "verdict": "cyan", "published": "italic yellow"}
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -93,3 +102,23 @@ def info_table(path: Path, info: dict, meanings: dict[str, str] | None = None) -
     for key, value in info.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value), (meanings or {}).get(key, ""))
     return table
+
+
+def result_tables(result: ResultTables) -> Group:
+    """The Table 2/3 model (`supuq.workflows.tables`) for the terminal: rich tables, which fit the console's
+    width by wrapping text inside their cells (a row never breaks across lines), each with its notes as the
+    caption; the smoke banner first."""
+    parts: list = [Text(result.heading, style="bold")]
+    if result.banner:
+        parts.append(Padding(Text(result.banner, style="bold white on red"), (1, 0, 0, 0), expand=False))
+    for table in result.tables:
+        rich_table = Table(title=table.title, caption=" ".join(table.notes), caption_justify="left",
+                           box=box.SIMPLE_HEAD, title_justify="left")
+        for column in table.columns:
+            rich_table.add_column(column.name, justify="left" if column.kind == "method" else "right",
+                                  style=COLUMN_STYLE.get(column.kind))
+        for row in table.rows:
+            rich_table.add_row(*(cell.text for cell in row))
+        parts.append(Padding(rich_table, (1, 0, 0, 0), expand=False))
+    parts += [Padding(Text(note, style="dim"), (1, 0, 0, 0), expand=False) for note in result.notes]
+    return Group(*parts)

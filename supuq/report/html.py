@@ -1,6 +1,6 @@
 """The pieces of supuq's self-contained HTML reports (`supuq.report.retrain`, `supuq.report.sweep`): the page with its
-inline CSS, tables, figures embedded as base64 PNG data URIs, number formatting, and MLflow artifacts fetched
-into a work folder (quietly: no progress bar per file).
+inline CSS, tables (and the HTML renderer of the Table 2/3 model), figures embedded as base64 PNG data URIs,
+number formatting, and MLflow artifacts fetched into a work folder (quietly: no progress bar per file).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SupuqError
+from ..workflows.tables import ResultTables
 from .figures import as_float
 
 CSS = """
@@ -25,6 +26,9 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; vertical-align: top; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 td.published, th.published { background: #fff7e0; color: #6b5500; font-style: italic; }
+td.verdict, th.verdict { background: #eef4fb; text-align: left; }
+td.num, td.published { white-space: nowrap; } th.published { min-width: 200px; }
+.banner { background: #fde8e8; border: 2px solid #c0392b; color: #7b1d12; font-weight: bold; padding: 8px 12px; }
 .meta { color: #555; font-size: 0.9em; } .note { color: #555; font-size: 0.88em; max-width: 1000px; }
 .row { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
 figure { margin: 0 0 16px; } figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -39,17 +43,35 @@ def html_page(title: str, parts: list[str]) -> str:
             + "\n".join(parts) + "\n</body></html>\n")
 
 
-def html_table(head: list[str], rows: list[list[str]], published_col: bool = False, raw_last: bool = False) -> str:
-    def cell(tag: str, value: str, last: bool, raw: bool) -> str:
-        cls = " class='published'" if published_col and last else ""
+def html_table(head: list[str], rows: list[list[str]], classes: list[str | None] | None = None,
+               raw_last: bool = False) -> str:
+    """A table; `classes` gives each column's CSS class (None: none), `raw_last` leaves the last column's cells
+    unescaped (they hold markup)."""
+    def cell(tag: str, value: str, i: int, raw: bool) -> str:
+        cls = f" class='{classes[i]}'" if classes and classes[i] else ""
         return f"<{tag}{cls}>{value if raw else html.escape(str(value))}</{tag}>"
 
     n = len(head)
-    out = ["<table><tr>" + "".join(cell("th", h, i == n - 1, False) for i, h in enumerate(head)) + "</tr>"]
+    out = ["<table><tr>" + "".join(cell("th", h, i, False) for i, h in enumerate(head)) + "</tr>"]
     for row in rows:
-        out.append("<tr>" + "".join(cell("td", v, i == n - 1, raw_last and i == n - 1) for i, v in enumerate(row))
-                   + "</tr>")
+        out.append("<tr>" + "".join(cell("td", v, i, raw_last and i == n - 1) for i, v in enumerate(row)) + "</tr>")
     return "".join(out) + "</table>"
+
+
+def html_result_tables(result: ResultTables) -> list[str]:
+    """The Table 2/3 model (`supuq.workflows.tables.ResultTables`) as HTML: the smoke banner, then per table a
+    heading, the table and its notes, then the shared notes."""
+    out = [f"<p class='banner'>{html.escape(result.banner)}</p>"] if result.banner else []
+    for table in result.tables:
+        out.append(f"<h2>{html.escape(table.title)}</h2>")
+        # numbers stay on one line ("0.4979 ± 0.2707"); the verdict and published columns are styled apart
+        classes = [{"measured": "num", "verdict": "verdict", "published": "published"}.get(c.kind)
+                   for c in table.columns]
+        out.append(html_table([c.name for c in table.columns], [[cell.text for cell in row] for row in table.rows],
+                              classes))
+        out += [f"<p class='note'>{html.escape(note)}</p>" for note in table.notes]
+    out += [f"<p class='note'>{html.escape(note)}</p>" for note in result.notes]
+    return out
 
 
 def html_figure(path: Path, alt: str, caption: str) -> str:

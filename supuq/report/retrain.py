@@ -3,11 +3,12 @@
 Self-contained: every image is an embedded base64 PNG data URI and the CSS is inline; the page loads nothing
 (no scripts, no fonts, no links to follow for its content), so it opens offline and can be mailed.
 
-- A retrain run (`supuq.kind=retrain`, written by `supuq best --retrain`): Table 2 (GED) and Table 3 (NCC)
-  of Hu et al. 2019 for this dataset, mean +- std over seeds, from the run's `results.json`, with the paper's
-  published values beside them for LIDC and MICCAI2012 (`PUBLISHED`); each method's seed-0 Figure 1/2 style
-  panel (`figures/uncertainty.png`: the same fixed test images for every method) and learning curves; a
-  reliability diagram of p_m against p_g per method, its bins summed over seeds, with the ECE.
+- A retrain run (`supuq.kind=retrain`, written by `supuq best --retrain`): the Table 2 (GED) / Table 3 (NCC)
+  model of `supuq.workflows.tables` built from the run's `results.json` (mean +- std over seeds, the verdict of
+  ours against each baseline, the paper's published values for LIDC and MICCAI2012, a banner on smoke-scale
+  runs); each method's seed-0 Figure 1/2 style panel (`figures/uncertainty.png`: the same fixed test images for
+  every method) and learning curves; a reliability diagram of p_m against p_g per method, its bins pooled over
+  seeds for the picture (the ECE itself is the calibration table's, mean +- std over seeds).
 - A sweep (`supuq.kind=sweep`): final val/ged against val/ncc per trial with the Pareto front (min GED, max
   NCC); each searched parameter against GED (log axis where it was searched log-uniformly); the epochs each
   trial reached, coloured by how it ended (ASHA's stops); a table of trials.
@@ -19,32 +20,20 @@ it was). MLflow is reached through `supuq.tracking` and the MLflow client only.
 from __future__ import annotations
 
 import html
-import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from .. import __version__
 from ..errors import SupuqError
-from .html import artifact, html_figure, html_page, html_table, json_artifact, num, param_text, quiet_downloads
+from ..evaluate import pool_reliability
+from ..workflows.published import PAPER
+from ..workflows.tables import METHOD_LABELS, build_tables, recorded_scale, samples_of
+from .html import (artifact, html_figure, html_page, html_result_tables, html_table, json_artifact, num, param_text,
+                   quiet_downloads)
 from .sweep import sweep_sections
 
-PAPER = "Hu et al., Supervised Uncertainty Quantification for Segmentation with Multiple Annotations, MICCAI 2019 (arXiv:1907.01949)"
-PUBLISHED_LABEL = "published (Hu et al. 2019), not reproduced here"
-
-PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
-    # Hu et al. 2019 (arXiv:1907.01949), Table 2 (GED) and Table 3 (NCC), for LIDC-IDRI and MICCAI2012 prostate,
-    # per method ("supervised" = the paper's method, "kohl" = Probabilistic U-Net, "kendall_gal").
-    # Deliberately empty: no verified copy of those two tables was at hand when this module was written, and a
-    # number is never filled in from memory. Copy a value from the paper as {method: value} into "ged" or "ncc"
-    # and the report shows it in the published column; until then that column says "see the paper".
-    "lidc": {"ged": {}, "ncc": {}},
-    "miccai2012": {"ged": {}, "ncc": {}},
-}
 
 @dataclass
 class WrittenReport:
@@ -108,13 +97,11 @@ def write_report(uri: str, ref: str, out: str | Path, log_artifact: bool = True)
 
 def retrain_sections(uri: str, run, work: Path) -> list[str]:
     from .. import tracking
-    from ..workflows.tables import METHOD_LABELS
 
     results = json_artifact(uri, run.info.run_id, "results.json", work / "parent")
     if results is None:
         raise SupuqError(f"retrain run {run.info.run_id} has no results.json (did it finish?)")
-    summary: dict[str, dict[str, float]] = results.get("summary", {})
-    common: dict[str, dict[str, float]] = results.get("ncc_common", {})
+    per_seed: dict[str, list[dict[str, float]]] = results.get("per_seed", {})
     dataset = run.data.tags.get("supuq.dataset", "?")
     children = tracking.child_runs(uri, run.info.run_id)
     by_method: dict[str, list] = {}
@@ -122,14 +109,14 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
         by_method.setdefault(child.data.params.get("model.method", "?"), []).append(child)
     for runs in by_method.values():
         runs.sort(key=lambda r: int(r.data.params.get("train.seed", 0)))
-    methods = list(summary) + [m for m in by_method if m not in summary]
+    methods = list(per_seed) + [m for m in by_method if m not in per_seed]
     label = {m: METHOD_LABELS.get(m, m) for m in methods}
-    seeds = max((int(s.get("seeds", 0)) for s in summary.values()), default=0)
-    samples = _samples(by_method)
+    samples = samples_of(children)
+    model = build_tables(dataset, per_seed, samples, results.get("ncc_common", {}), recorded_scale(results, children))
 
-    out = [f"<p class='meta'>{seeds} seed(s) per method, retrained on train+val, tested on the test split with "
-           f"{html.escape(samples)} samples per image; mean ± std (sample std) over seeds.</p>"]
-    out += _tables_2_3(dataset, methods, label, summary, common)
+    out = [f"<p class='meta'>{html.escape(model.heading)}; each seed retrained on train+val; std is the sample "
+           "std over seeds.</p>"]
+    out += html_result_tables(model)
     out.append(_config_table(methods, label, by_method))
 
     out.append("<h2>Figure 1 / Figure 2 style panels (seed 0, fixed test images)</h2>")
@@ -154,23 +141,26 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
     out += curves
 
     out.append("<h2>Reliability of p<sub>m</sub> against p<sub>g</sub></h2>")
-    tables = {}
+    pooled = {}
     for method in methods:
         parts = [t for child in by_method.get(method, [])
                  if (t := (json_artifact(uri, child.info.run_id, "eval.json", work / child.info.run_id) or {})
                      .get("reliability"))]
         if parts:
-            tables[label[method].split(" (")[0]] = aggregate_reliability(parts)
-    if tables:
+            pooled[label[method].split(" (")[0]] = pool_reliability(parts)
+    if pooled:
         from ..figures import reliability_figure
 
-        path = reliability_figure(tables, work / "reliability.png")
-        rows = [[name, f"{t['ece']:.4f}", f"{int(sum(t['count'])):,}"] for name, t in tables.items()]
+        # The picture pools the seeds' bins; it prints no ECE of its own, so the report has one ECE per method
+        # (the calibration table's mean +- std over seeds).
+        path = reliability_figure({name: acc.table() for name, acc in pooled.items()}, work / "reliability.png")
+        rows = [[name, f"{int(acc.count.sum()):,}"] for name, acc in pooled.items()]
         out.append("<div class='row'><div>" + html_figure(path, "reliability diagram",
                    "Each pixel binned by its predicted foreground probability p_m (10 bins); per bin, mean p_m "
-                   "against the graders' mean p_g. Bins summed over all seeds' test pixels (count-weighted "
-                   "means). ECE = count-weighted mean |p_m - p_g| over bins.") + "</div><div>"
-                   + html_table(["method", "ECE (all seeds)", "pixels"], rows) + "</div></div>")
+                   "against the graders' mean p_g, the bins of all seeds' test pixels pooled (count-weighted "
+                   "means) for this picture. The ECE is in the calibration table above: each seed's ECE over its "
+                   "own test pixels, mean ± std over seeds.") + "</div><div>"
+                   + html_table(["method", "test pixels (all seeds)"], rows) + "</div></div>")
     else:
         out.append("<p class='note'>No eval.json reliability tables found on the seed runs.</p>")
 
@@ -183,62 +173,6 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
                          (("ged", 4), ("ncc", 3), ("ncc_excluded", 0), ("diversity", 3), ("ece", 4))),
                          f"<span class='tag'>{child.info.run_id}</span>"])
     out.append(html_table(["method", "seed", "GED", "NCC", "NCC excl.", "diversity", "ECE", "run id"], rows, raw_last=True))
-    return out
-
-
-def _tables_2_3(dataset: str, methods: list[str], label: dict[str, str], summary: dict, common: dict) -> list[str]:
-    from ..workflows.tables import mean_pm
-
-    from ..data.registry import REGISTRY
-
-    family = REGISTRY[dataset].family if dataset in REGISTRY else None  # LIDC's four routes share LIDC's values
-    published = PUBLISHED.get(family) if family else None
-
-    def pub(metric: str, method: str, table: str) -> str:
-        value = (published or {}).get(metric, {}).get(method)
-        return f"{value:.3f}" if value is not None else f"see the paper ({table})"
-
-    out = [f"<h2>Table 2: GED on {html.escape(dataset)} (lower is better)</h2>"]
-    head = ["method", "GED", "E d(S,Y)", "diversity E d(S,S')"]
-    rows = [[label[m], mean_pm(summary.get(m, {}), "ged", 4), mean_pm(summary.get(m, {}), "dist_sy", 4),
-             mean_pm(summary.get(m, {}), "diversity", 4)] for m in methods]
-    if published is not None:
-        head.append(PUBLISHED_LABEL)
-        for row, m in zip(rows, methods):
-            row.append(pub("ged", m, "Table 2"))
-    out.append(html_table(head, rows, published_col=published is not None))
-    out.append(f"<h2>Table 3: NCC of predicted aleatoric vs grader variance on {html.escape(dataset)} "
-               "(higher is better)</h2>")
-    head = ["method", "NCC", "images excluded", "NCC, common subset", "NCC vs true variance", "ECE"]
-    rows = []
-    for m in methods:
-        shared = common.get(m)
-        shared_text = (f"{shared['mean']:.3f} ± {shared['std']:.3f} ({shared['images']:.0f} img)"
-                       if shared and shared.get("mean") is not None and math.isfinite(shared["mean"]) else "n/a")
-        stats = summary.get(m, {})
-        rows.append([label[m], mean_pm(stats, "ncc", 3), mean_pm(stats, "ncc_excluded", 1), shared_text,
-                     mean_pm(stats, "ncc_true", 3), mean_pm(stats, "ece", 4)])
-    if published is not None:
-        head.append(PUBLISHED_LABEL)
-        for row, m in zip(rows, methods):
-            row.append(pub("ncc", m, "Table 3"))
-    out.append(html_table(head, rows, published_col=published is not None))
-    notes = ["GED: generalized energy distance, d = 1 - IoU (V-statistic). NCC: mean over test images where both "
-             "maps vary; images with a constant map are excluded (count shown), so each method's mean covers its "
-             "own subset, and the common-subset column compares all methods on the same images. E d(S,Y) and "
-             "the sample diversity are shown because GED subtracts the diversity, which rewards noisy samples."]
-    if published is not None and not any(published.get(k) for k in ("ged", "ncc")):
-        notes.append(f"Published values: see Tables 2 and 3 of {PAPER}. They are not copied here because no "
-                     "verified copy of the tables was available to this report generator, and numbers are never "
-                     "filled in from memory (supuq.report.retrain.PUBLISHED holds them once transcribed). Published values "
-                     "come from the authors' data, splits and training budget; they are shown for orientation, "
-                     "not reproduced by this run.")
-    elif published is not None:
-        notes.append(f"The {PUBLISHED_LABEL} column is copied from Tables 2 and 3 of {PAPER}; it comes from the "
-                     "authors' data, splits and training budget and is not reproduced by this run.")
-    else:
-        notes.append(f"No published values for dataset {dataset!r}: {PAPER} reports LIDC-IDRI and MICCAI2012 only.")
-    out += [f"<p class='note'>{html.escape(n)}</p>" for n in notes]
     return out
 
 
@@ -262,44 +196,6 @@ def _config_table(methods: list[str], label: dict[str, str], by_method: dict[str
         return ""
     head = ["method", "the method's own settings", *(k.split(".")[-1] for k in SHARED_KEYS)]
     return "<h2>Configurations</h2>" + html_table(head, rows)
-
-
-def _samples(by_method: dict[str, list]) -> str:
-    """"50 (5 x 10)" when every method drew the same M x K grid, else each method's grid after the total."""
-    from ..models.registry import SHORT_LABELS
-
-    grids = {}
-    for method, runs in by_method.items():
-        params = runs[0].data.params
-        try:
-            grids[method] = (int(params["eval.weight_samples"]), int(params["eval.latent_samples"]))
-        except (KeyError, ValueError):
-            continue
-    if not grids:
-        return "?"
-    totals = sorted({m * k for m, k in grids.values()})
-    if len(set(grids.values())) == 1:
-        m, k = next(iter(grids.values()))
-        return f"{m * k} ({m} x {k})"
-    each = "; ".join(f"{SHORT_LABELS.get(name, name)} {m} x {k}" for name, (m, k) in grids.items())
-    return f"{'/'.join(map(str, totals))} ({each})"
-
-
-def aggregate_reliability(tables: list[dict[str, list[float]]]) -> dict[str, Any]:
-    """Sum reliability tables (mean_pred, mean_obs, count per bin) over seeds: counts add, means are
-    count-weighted; ECE = sum over bins |sum p_m - sum p_g| / total count (the same as per run)."""
-    count = np.zeros(len(tables[0]["count"]))
-    sum_pred, sum_obs = np.zeros_like(count), np.zeros_like(count)
-    for table in tables:
-        c = np.asarray(table["count"], dtype=float)
-        count += c
-        sum_pred += np.nan_to_num(np.asarray(table["mean_pred"], dtype=float)) * c
-        sum_obs += np.nan_to_num(np.asarray(table["mean_obs"], dtype=float)) * c
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pred, obs = sum_pred / count, sum_obs / count
-    total = count.sum()
-    ece = float(np.abs(sum_pred - sum_obs).sum() / total) if total else float("nan")
-    return {"mean_pred": pred.tolist(), "mean_obs": obs.tolist(), "count": count.tolist(), "ece": ece}
 
 
 def _header(uri: str, run, kind: str) -> list[str]:

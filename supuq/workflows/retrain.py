@@ -2,7 +2,8 @@
 model, and tabulate Table 2 (GED) and Table 3 (NCC), mean +- std over seeds.
 
 A retrain is a parent MLflow run (`supuq.kind=retrain`, tagged with the sweep it came from) with one child
-run per (method, seed); the parent holds the aggregated metrics, `results.md`, `results.json` and the best
+run per (method, seed); the parent holds the aggregated metrics, `results.md` (the Table 2/3 model as markdown),
+`results.json` (per-seed metrics, their summary, the common-subset NCC and the retrain's scale) and the best
 config. Seeds run in parallel as Ray tasks (one CPU each) unless `parallel=False`.
 """
 
@@ -18,13 +19,16 @@ from .. import tracking
 from ..config import Config, dump_config, validate_config
 from ..models.registry import METHODS, sampling_grid
 from ..sweep.selection import BestTrial
-from .tables import aggregate, common_subset_ncc, results_table
+from .tables import ResultTables, Scale, aggregate, build_tables, common_subset_ncc, to_markdown
 
 @dataclass
 class RetrainOutcome:
+    """`table` is results.md (markdown); `tables` the same Table 2/3 model, for the terminal."""
+
     parent_run_id: str
     per_seed: dict[str, list[dict[str, float]]]
     table: str
+    tables: ResultTables
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -72,7 +76,7 @@ def _train_one(cfg_json: str, uri: str, parent_id: str, out_dir: str) -> dict[st
     return {
         "method": cfg.model.method, "seed": cfg.train.seed, "run_id": outcome.run_id,
         "metrics": outcome.test.as_dict(""), "ncc_per_image": outcome.test.per_image["ncc"].tolist(),
-        "seconds": outcome.seconds,
+        "seconds": outcome.seconds, "image_px": int(min(outcome.fitted.data.images.shape[-2:])),
     }
 
 
@@ -112,14 +116,17 @@ def retrain(
             per_seed.setdefault(row["method"], []).append(row["metrics"])
         summary = aggregate(per_seed)
         common = common_subset_ncc(results)
-        table = results_table(cfg.data.dataset, summary, seeds, samples, common)
+        scale = {"seeds": seeds, "epochs": min(c.train.epochs for c in configs),
+                 "image_px": min(row["image_px"] for row in results)}
+        tables = build_tables(cfg.data.dataset, per_seed, samples, common, Scale(**scale))
+        table = to_markdown(tables)
         for method, stats in summary.items():
             parent.log_metrics({f"{method}/{k}": v for k, v in stats.items()}, step=0)
         parent.log_text(table, "results.md")
-        parent.log_text(json.dumps({"summary": summary, "per_seed": per_seed, "ncc_common": common}, indent=2),
-                        "results.json")
+        parent.log_text(json.dumps({"summary": summary, "per_seed": per_seed, "ncc_common": common, "scale": scale},
+                                   indent=2), "results.json")
         parent_id = parent.run_id
-    return RetrainOutcome(parent_id, per_seed, table, summary, time.perf_counter() - started)
+    return RetrainOutcome(parent_id, per_seed, table, tables, summary, time.perf_counter() - started)
 
 
 def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any]]:

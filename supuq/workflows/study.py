@@ -9,36 +9,14 @@ stated rule, so the conclusions follow from the tables; nothing is typed by hand
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import SupuqError
-from ..models.registry import METHOD_LABELS, METHODS, SHORT_LABELS as SHORT
-from .tables import mean_pm
-
-
-def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, float, float]:
-    """Is `a` better than `b`? Returns (verdict, difference of means a - b, its standard error).
-
-    Rule: a difference larger than 2 standard errors (Welch, seeds as samples) in the claimed direction is
-    "reproduced", in the other direction "not reproduced (reversed)", otherwise "inconclusive".
-    """
-    a_arr, b_arr = np.asarray(a, float), np.asarray(b, float)
-    a_arr, b_arr = a_arr[np.isfinite(a_arr)], b_arr[np.isfinite(b_arr)]
-    if len(a_arr) < 2 or len(b_arr) < 2:
-        return "inconclusive (fewer than 2 seeds)", float("nan"), float("nan")
-    diff = float(a_arr.mean() - b_arr.mean())
-    se = math.sqrt(a_arr.var(ddof=1) / len(a_arr) + b_arr.var(ddof=1) / len(b_arr))
-    better = -diff if lower_is_better else diff
-    if better > 2 * se:
-        return "reproduced", diff, se
-    if better < -2 * se:
-        return "not reproduced (reversed)", diff, se
-    return "inconclusive", diff, se
+from ..models.registry import METHODS, SHORT_LABELS as SHORT
+from .tables import (METHOD_LABELS, RULE, build_tables, compare, mean_pm, recorded_scale, samples_of, seed_values,
+                     to_markdown)
 
 
 def _learning_curves(uri: str, sweeps: dict[str, str], dataset: str, out_png: Path) -> list[str]:
@@ -89,10 +67,12 @@ def write_results(
         config_text = tracking.download_artifact(uri, retrain_run_id, "best_config.yaml", tmp).read_text()
     per_seed: dict[str, list[dict[str, float]]] = results["per_seed"]
     summary: dict[str, dict[str, float]] = results["summary"]  # tables.aggregate of per_seed: mean ± std per key
-    common = results.get("ncc_common", {})
     methods = [m for m in METHODS if m in per_seed]
     seeds = max(len(v) for v in per_seed.values())
-    col = lambda method, key: [row.get(key, float("nan")) for row in per_seed[method]]  # noqa: E731
+    seed_runs = tracking.child_runs(uri, retrain_run_id)
+    dataset = parent.data.tags.get("supuq.dataset", "synthetic")
+    tables = build_tables(dataset, {m: per_seed[m] for m in methods}, samples_of(seed_runs),
+                          results.get("ncc_common", {}), recorded_scale(results, seed_runs))
 
     lines = [
         "# The paper's claims, tested with supuq on the synthetic benchmark",
@@ -107,28 +87,10 @@ def write_results(
     ]
     if wall_time:
         lines.append(f"- wall time of the whole study: {wall_time}")
-    lines += ["", "## Table 2 style: GED and its parts (lower GED is better)", "",
-              "| method | GED | E d(S,Y) | diversity E d(S,S') | Brier (p_m vs p_g) | ECE |", "|---|---|---|---|---|---|"]
-    for m in methods:
-        cells = [mean_pm(summary[m], key, digits)
-                 for key, digits in (("ged", 4), ("dist_sy", 4), ("diversity", 4), ("brier", 5), ("ece", 4))]
-        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
-    lines += ["", "## Table 3 style: NCC of the predicted aleatoric map (higher is better)", "",
-              "| method | NCC vs grader variance | images excluded | NCC, images defined for every method | "
-              "NCC vs true variance p*(1-p*) | mean aleatoric | mean epistemic |", "|---|---|---|---|---|---|---|"]
-    for m in methods:
-        shared = common.get(m)
-        shared_text = f"{shared['mean']:.3f} ± {shared['std']:.3f} ({shared['images']:.0f} images)" if shared else "n/a"
-        stats = summary[m]
-        cells = [mean_pm(stats, "ncc", 3), mean_pm(stats, "ncc_excluded", 1), shared_text,
-                 mean_pm(stats, "ncc_true", 3), mean_pm(stats, "aleatoric", 5), mean_pm(stats, "epistemic", 6)]
-        lines.append(f"| {METHOD_LABELS[m]} | " + " | ".join(cells) + " |")
-    lines += ["", "Published values (Hu et al. 2019, Tables 2-3) are on LIDC-IDRI and MICCAI2012, not on this "
-              "synthetic data; they are not repeated here (see the paper) and are not comparable with these numbers.",
-              "", "## The three claims", "",
-              "Rule: a difference of seed means larger than 2 standard errors (Welch, seeds as samples) in the claimed "
-              "direction is *reproduced*; in the other direction *not reproduced (reversed)*; otherwise *inconclusive* "
-              "at this budget.", ""]
+    judged_in_tables = any(c.kind == "verdict" for t in tables.tables for c in t.columns)
+    lines += ["", to_markdown(tables, level=1, heading=False).rstrip(), "", "## The three claims", "",
+              "Each claim is judged by the verdict rule stated under the tables." if judged_in_tables
+              else f"Rule: {RULE}.", ""]
     claims = []
     if {"supervised", "kohl"} <= set(methods):
         claims.append(("(i) ours has lower GED than the Probabilistic U-Net", "supervised", "kohl", "ged", True))
@@ -142,19 +104,17 @@ def write_results(
                 claims.append((f"(iii) {SHORT[m]} has lower GED than Kendall & Gal", m, "kendall_gal", "ged", True))
                 claims.append((f"(iii) {SHORT[m]} has higher NCC than Kendall & Gal", m, "kendall_gal", "ncc", False))
     for text, a, b, key, lower in claims:
-        verdict, diff, se = compare(col(a, key), col(b, key), lower)
+        verdict, diff, se = compare(seed_values(per_seed, a, key), seed_values(per_seed, b, key), lower)
         lines.append(f"- {text}: **{verdict}** ({key}: {mean_pm(summary[a], key)} vs {mean_pm(summary[b], key)}; "
                      f"difference {diff:+.4f}, standard error {se:.4f})")
 
     lines += ["", "## Learning curves", ""]
     if sweeps:
-        notes = _learning_curves(uri, sweeps, parent.data.tags.get("supuq.dataset", "synthetic"),
-                                 assets / "learning_curves.png")
+        notes = _learning_curves(uri, sweeps, dataset, assets / "learning_curves.png")
         lines += [f"![learning curves]({assets.name}/learning_curves.png)", ""] + [f"- {n}" for n in notes]
     else:
         lines.append("(no sweeps given)")
     lines += ["", "## Samples and uncertainty maps (Fig. 1 / Fig. 2 style, the same test images for every method)", ""]
-    seed_runs = tracking.child_runs(uri, retrain_run_id)
     for m in methods:
         run = next((r for r in seed_runs if r.data.tags.get("supuq.method") == m and r.data.params.get("train.seed") == "0"), None)
         if run is None:
