@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         MEMORY_FORMAT = torch.contiguous_format
 
     syn = load_config(ROOT / "configs" / "synthetic.yaml")
-    paper_model = ModelConfig()  # DESIGN.md section 4: filters 32-64-128-192, 3 convs per block, fcomb 4
+    paper_model = ModelConfig()  # docs/architecture.md, Model: filters 32-64-128-192, 3 convs per block, fcomb 4
     paper_loss = LossConfig()  # gamma 100, S = 4
     cases = [("64x64 synthetic model", syn.model, syn.loss, 32, 64, args.reps or 5, 1)]
     if args.quick:

@@ -1,5 +1,5 @@
 """Evaluation with the paper's protocol: M weight samples x K latent samples per image, then GED, NCC and
-calibration metrics (DESIGN.md sections 6-7).
+calibration metrics (docs/architecture.md, Sampling and Metrics).
 
 Test evaluation always draws 50 samples (M=5 x K=10; a method that samples no weights draws 1 x 50: the grid
 rule is `supuq.models.registry.sampling_grid`); validation during training uses fewer (`eval.val_samples`,

@@ -1,4 +1,4 @@
-"""Loss terms of the objective (DESIGN.md section 5) as pure functions, plus the `LossTerms` record.
+"""Loss terms of the objective (docs/architecture.md, Objective) as pure functions, plus the `LossTerms` record.
 
 Nothing here holds parameters or draws random numbers: the models sample (latents, weight noise, logit
 noise) and pass the results in, so every function can be checked against a hand-computed value.

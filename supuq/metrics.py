@@ -1,4 +1,4 @@
-"""Evaluation metrics, batched and pure torch (DESIGN.md section 7).
+"""Evaluation metrics, batched and pure torch (docs/architecture.md, Metrics).
 
 - GED: D^2_GED = 2 E d(S,Y) - E d(S,S') - E d(Y,Y') with d = 1 - IoU, d(empty, empty) = 0 and d = 1 when exactly
   one mask is empty. The self terms average over all ordered pairs including i == j (a V-statistic, as in the

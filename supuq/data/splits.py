@@ -1,4 +1,4 @@
-"""Seeded train/val/test splits by group (patient), recorded with their seed (DESIGN.md section 8).
+"""Seeded train/val/test splits by group (patient), recorded with their seed (docs/architecture.md, Data and caches).
 
 Patient-level rules (no patient in two splits), chosen by the cache's ``meta["split_rule"]``:
 - ``"group"`` (every cache that does not say otherwise): the unique groups are shuffled with

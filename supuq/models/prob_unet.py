@@ -1,6 +1,6 @@
 """Probabilistic U-Net with weight noise (Hu et al. 2019; Kohl et al. 2018 when weight noise is off).
 
-`ProbUNet.loss` is DESIGN.md section 5 and keeps its efficiency contract: for B images with D graders,
+`ProbUNet.loss` is docs/architecture.md, Objective and keeps its efficiency contract: for B images with D graders,
 the U-Net trunk and the prior run once per image, the posterior once per (image, grader) pair, and the
 D reconstructions reuse the image's features through `Fcomb`'s broadcast instead of rerunning the U-Net.
 """

@@ -1,4 +1,4 @@
-"""U-Net (DESIGN.md section 4) and its down path, `Encoder`, shared with the prior and posterior nets.
+"""U-Net (docs/architecture.md, Model) and its down path, `Encoder`, shared with the prior and posterior nets.
 
 Level i has `num_filters[i]` channels at resolution H / 2^i. Each block is `convs_per_block` 3x3 convs with
 ReLU; AvgPool2d(2) goes down, bilinear x2 up plus skip concat comes back. The last 3x3 conv (the "head")

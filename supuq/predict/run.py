@@ -20,7 +20,7 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    independently; each pixel's maps are the Gaussian-weighted mean over the tiles that cover it, and its binary
    samples come from the tile most centred on it (`supuq.predict.tiles`). Outside the predicted region every
    map is 0. Tiles are batched on the device.
-5. Per pixel, from the M x K binary samples (DESIGN.md section 6; on the method's grid,
+5. Per pixel, from the M x K binary samples (docs/architecture.md, Sampling and the uncertainty decomposition; on the method's grid,
    `supuq.models.registry.sampling_grid`: a method that samples no weights draws 1 x samples): ``pm`` mean
    sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric + epistemic), ``consensus`` =
    pm > 0.5, optionally the S binary samples as one (N+1)-D image.

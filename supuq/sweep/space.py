@@ -1,4 +1,4 @@
-"""Search-space files (`sweep/<name>.yaml`, DESIGN.md section 9; `data.registry` names each dataset's), validated
+"""Search-space files (`sweep/<name>.yaml`, docs/architecture.md, Configs and search spaces; `data.registry` names each dataset's), validated
 before Ray starts.
 
 A space maps dotted config keys to one distribution each:
