@@ -137,9 +137,10 @@ def sweep(
     try:
         outcome = run_sweep(opts, console=console)
     except SweepInterrupted as stop:
+        # One unwrapped line (rich hard-wraps at 80 columns when stderr is not a terminal): a command to paste.
         err_console.print(f"sweep {stop.name} stopped after {stop.finished} of {stop.total} trials; "
                           f"continue it with: supuq sweep --resume {stop.name}"
-                          + (f" --storage {storage}" if storage else ""))
+                          + (f" --storage {storage}" if storage else ""), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     ordered = sorted(outcome.trials, key=lambda t: t["metrics"].get("val/ged", float("inf")))
     console.print(sweep_table(outcome.name, ordered[:10]))
