@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -338,30 +339,37 @@ def test_resume_after_sigkill_logs_each_epoch_once_with_val_every_2(tmp_path):
     assert sorted(val_steps) == [2, 4, 6, 8], f"val/ged steps {sorted(val_steps)}"
 
 
-def test_ctrl_c_exits_130_with_a_resume_hint_that_resumes(tmp_path):
-    """Ctrl-C in the terminal (SIGINT to the driver's process group) while a trial runs: the sweep stops, exit
-    code 130, and stderr says how to continue; that very command finishes the sweep."""
+def interrupt_mid_trial(tmp_path: Path, name: str, space: Path, epochs: int):
+    """Start `supuq sweep` and press Ctrl-C (SIGINT to the driver's process group, as a terminal does) once its
+    first trial has logged an epoch; returns (driver process, its environment, the sweep state) after it exits."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path, num_samples=1, scheduler={"type": "none"})
-    with sweep_process(tmp_path, cli_sweep(tmp_path, "ctrl-c", space, ["train.epochs=4"])) as (driver, env):
-        deadline = time.time() + 240
-        running = False
+    with sweep_process(tmp_path, cli_sweep(tmp_path, name, space, [f"train.epochs={epochs}"])) as (driver, env):
+        deadline, state, running = time.time() + 240, None, False
         while not running and time.time() < deadline and driver.poll() is None:
             time.sleep(0.25)
-            state = sweep_state(tmp_path, "ctrl-c")
+            state = sweep_state(tmp_path, name)
             runs = children(uri, state["parent_run_id"]) if state else []
             running = bool(runs) and bool(steps_of(uri, runs[0].info.run_id, "train/total"))
-        assert running, f"no trial started: {driver_log(tmp_path)}"
+        if not running:
+            pytest.fail(f"no trial started: {driver_log(tmp_path)}")
         os.killpg(driver.pid, signal.SIGINT)
         try:
             driver.wait(timeout=120)
         except subprocess.TimeoutExpired:
             pytest.fail(f"the driver did not stop within 120 s of SIGINT: {driver_log(tmp_path)}")
+    return driver, env, state
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint_that_resumes(tmp_path):
+    """Ctrl-C while the first of two trials runs: exit code 130, and stderr says how to continue in one line;
+    that very command finishes the sweep."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path, num_samples=2, max_concurrent=1, scheduler={"type": "none"})
+    driver, env, state = interrupt_mid_trial(tmp_path, "ctrl-c", space, epochs=4)
     errors = (tmp_path / "driver.err").read_text()
     assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
     hint = next((line for line in errors.splitlines() if "continue it with: " in line), None)
-    assert hint is not None, errors[-3000:]
-    assert "sweep ctrl-c stopped after 0 of 1 trials" in hint, hint
+    assert hint is not None and re.match(r"sweep ctrl-c stopped after \d of 2 trials; ", hint), errors[-3000:]
     command = hint.split("continue it with: ", 1)[1].split()
     assert command == ["supuq", "sweep", "--resume", "ctrl-c", "--storage", str(tmp_path / "rr")], hint
     parent = tracking.get_run(uri, state["parent_run_id"])
@@ -374,8 +382,28 @@ def test_ctrl_c_exits_130_with_a_resume_hint_that_resumes(tmp_path):
     parent = tracking.get_run(uri, state["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["supuq.complete"] == "true"
     runs = children(uri, state["parent_run_id"])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", [r.info.status for r in runs]
-    assert sorted(steps_of(uri, runs[0].info.run_id, "val/ged")) == [1, 2, 3, 4]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), \
+        [(r.info.status, r.data.tags.get("supuq.stop_reason")) for r in runs]
+    assert all(max(steps_of(uri, r.info.run_id, "val/ged")) == 4 for r in runs)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect: sweep/results.py summarize_trials calls every trial that reported a result TERMINATED, so a trial "
+    "interrupted by Ctrl-C counts as finished: with the last trial interrupted the sweep says complete, exits 0 "
+    "with no resume hint, writes best.yaml from the interrupted trial and tags it 'stopped early by ASHA'"))
+def test_ctrl_c_during_the_last_trial_is_an_interrupted_sweep(tmp_path):
+    """Ctrl-C while the only trial runs (it has logged an epoch, not all 4): the sweep is interrupted, not done."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path, num_samples=1, scheduler={"type": "none"})
+    driver, _, state = interrupt_mid_trial(tmp_path, "last", space, epochs=4)
+    errors = (tmp_path / "driver.err").read_text()
+    (run,) = children(uri, state["parent_run_id"])
+    if max(steps_of(uri, run.info.run_id, "train/total")) >= 4:
+        pytest.fail("the trial finished before the interrupt reached it")
+    assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
+    assert "sweep last stopped after 0 of 1 trials; continue it with: supuq sweep --resume last" in errors
+    assert tracking.get_run(uri, state["parent_run_id"]).data.tags["supuq.complete"] == "false"
+    assert "ASHA" not in run.data.tags.get("supuq.stop_reason", "")
 
 
 def test_ncc_objective_picks_the_highest_validation_ncc(tmp_path, monkeypatch, ray_session):
