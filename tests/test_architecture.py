@@ -1,15 +1,21 @@
 """The layout's rules, read from the code's own imports (module level and inside functions, by an AST walk):
 the core never reaches Ray, MLflow or an integration package; each integration layer imports only what lies
-below it; no import cycle; no module over 400 lines; package `__init__` files only re-export."""
+below it; no import cycle; no module over 400 lines; package `__init__` files only re-export. And the test
+suite's own rule for the checkout: a test run that leaves files in it fails."""
 
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "supuq"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "supuq"
 
 # Layers from the bottom up; a module may import its own layer and any layer below it, never one above.
 LAYERS = ["base", "core", "tracking", "sweep", "workflows", "report", "cli"]
@@ -138,3 +144,32 @@ def test_package_inits_only_re_export():
                                                           for t in node.targets)
             assert isinstance(node, (ast.Import, ast.ImportFrom)) or docstring or names, (
                 f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: only imports, __all__ and a docstring belong here")
+
+
+# ------------------------------------------------------------------ the test suite leaves the checkout clean
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+@pytest.mark.parametrize("writes, fails", [(None, False), ("runs/retrain/x.txt", True), ("notes.txt", True)])
+def test_a_test_run_that_leaves_files_in_the_checkout_fails(tmp_path, writes, fails):
+    """tests/conftest.py compares `git status` (ignored files included) before and after the session: run this
+    suite's conftest in a scratch checkout whose only test writes `writes` into it (an ignored folder, a new
+    file), and the run must fail naming the file, or pass when the test writes nothing there."""
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    (checkout / ".gitignore").write_text("/runs/\n")
+    shutil.copy(ROOT / "tests" / "conftest.py", checkout / "tests" / "conftest.py")
+    body = f"    path = ROOT / {writes!r}\n    path.parent.mkdir(parents=True, exist_ok=True)\n    path.write_text('x')\n" \
+        if writes else "    pass\n"
+    (checkout / "tests" / "test_writer.py").write_text(
+        "from pathlib import Path\nROOT = Path(__file__).resolve().parent.parent\n\n\ndef test_writer():\n" + body)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=checkout,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    said = result.stdout + result.stderr
+    assert "1 passed" in said, said
+    if fails:
+        assert result.returncode == 1, said
+        assert "the tests left 1 file(s) in the checkout" in said and writes in said
+    else:
+        assert result.returncode == 0, said

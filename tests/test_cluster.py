@@ -21,6 +21,7 @@ kills every Ray process on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,9 +42,11 @@ import pytest
 import yaml
 
 from supuq import tracking
+from supuq.config import validate_config
 
 from .conftest import ROOT, TINY_OVERRIDES
 from .processes import kill_processes_with_env
+from .test_tune import full_length_best, trial_config
 
 CLUSTER = ROOT / "cluster"
 BUCKET = "supuq-test"
@@ -280,13 +283,17 @@ def test_sweep_spans_both_nodes_with_s3_storage_and_mlflow_server(stack):
     nodes = {run.data.tags["supuq.node_id"] for run in runs}
     assert nodes == {stack.head["node_id"], stack.worker["node_id"]}, (nodes, stack.head, stack.worker)
 
-    # The best config: a tag on the parent run, an artifact, and best.yaml beside Ray's state in the bucket.
-    assert parent.data.tags["supuq.best_trial"] in {r.data.tags["supuq.trial_id"] for r in runs}
+    # The best config: a tag on the parent run, an artifact, and best.yaml beside Ray's state in the bucket, all
+    # of the one trial that ran every epoch with the lowest final val/ged (computed here from the server's runs).
+    best_run = full_length_best(stack.tracking_uri, parent.info.run_id, epochs=2)
+    assert parent.data.tags["supuq.best_trial"] == best_run.data.tags["supuq.trial_id"]
+    assert parent.data.tags["supuq.best_run"] == best_run.info.run_id
     assert parent.data.tags["supuq.sweep_path"] == f"s3://{BUCKET}/{PREFIX}/two-nodes"
     keys = stack.keys(f"{PREFIX}/two-nodes/")
     assert f"{PREFIX}/two-nodes/best.yaml" in keys and f"{PREFIX}/two-nodes/supuq_sweep.json" in keys
     best = yaml.safe_load(stack.s3().get_object(Bucket=BUCKET, Key=f"{PREFIX}/two-nodes/best.yaml")["Body"].read())
     assert best["data"]["dataset"] == "synthetic"
+    assert validate_config(best) == trial_config(best_run)
     assert any(k.endswith("tuner.pkl") or "experiment_state" in k for k in keys), keys
     checkpoints = [k for k in keys if re.search(r"/checkpoint_\d+/", k)]
     trial_dirs = {k.split("/")[2] for k in checkpoints}
@@ -413,8 +420,15 @@ def test_launcher_configs_pass_ray_validation(name):
     commands = " ".join(raw.get("setup_commands", []) + raw.get("head_setup_commands", []))
     assert "supuq" in commands and "torch" in commands
     starts = " ".join(raw["head_start_ray_commands"] + raw["worker_start_ray_commands"])
-    assert "RAY_AUTH_MODE=token" in starts or "RAY_AUTH_MODE" in json.dumps(raw)
+    # Every node starts Ray with token auth (the variable set on the `ray start` command itself), with the token
+    # file every node gets from file_mounts.
+    ray_starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
+    assert len(ray_starts) == 2, ray_starts  # one for the head, one for the workers
+    for command in ray_starts:
+        assert re.search(r"RAY_AUTH_MODE=token\s+\S*ray start", command), command
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert "--dashboard-host=0.0.0.0" not in starts  # the dashboard is never exposed
+    assert "--dashboard-host=127.0.0.1" in " ".join(raw["head_start_ray_commands"])
 
 
 def test_aws_launcher_has_an_autoscaling_gpu_worker_and_s3():
@@ -424,7 +438,9 @@ def test_aws_launcher_has_an_autoscaling_gpu_worker_and_s3():
     gpu = [t for t in workers if str(t["node_config"]["InstanceType"]).startswith(("g5", "g6", "p4", "p5"))]
     assert gpu and gpu[0]["max_workers"] > gpu[0]["min_workers"]
     assert "s3://" in json.dumps(raw)
-    assert "cu12" in " ".join(raw["setup_commands"]) or "cu1" in " ".join(raw["setup_commands"])
+    # torch from PyTorch's CUDA 12 wheel index (the g5/g6 drivers), not the CPU wheel of the package index
+    (torch_install,) = [c for c in raw["setup_commands"] if re.search(r"pip install .*\btorch\b", c)]
+    assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu12\d+\b", torch_install), torch_install
 
 
 def test_onprem_launcher_lists_its_hosts():
@@ -477,7 +493,8 @@ def test_kuberay_rayjob_runs_the_sweep():
     entry = job["spec"]["entrypoint"]
     assert "supuq sweep" in entry and "--address auto" in entry and "--storage s3://" in entry
     assert "--tracking-uri http://mlflow.mlflow.svc.cluster.local:5000" in entry
-    assert "rayClusterSpec" in job["spec"] or "clusterSelector" in job["spec"]
+    # The job brings its own cluster and deletes it at the end (not a clusterSelector of a standing cluster)
+    assert "clusterSelector" not in job["spec"] and job["spec"]["shutdownAfterJobFinishes"] is True
     spec = job["spec"]["rayClusterSpec"]
     check_ray_cluster_spec(spec)
     # The operator manages the token (it must call the dashboard itself); the dashboard listens on the pod
@@ -488,12 +505,133 @@ def test_kuberay_rayjob_runs_the_sweep():
     assert policy["metadata"]["namespace"] == job["metadata"]["namespace"] and policy["spec"]["ingress"]
 
 
-def test_slurm_script_is_valid_bash_and_never_stops_other_rays():
+def test_slurm_script_is_valid_bash():
     script = CLUSTER / "slurm" / "sweep.sbatch"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert "#SBATCH" in text and "srun" in text and "supuq sweep" in text and "trap" in text
-    assert "RAY_AUTH_MODE=token" in text and "--address" in text
+    assert "#SBATCH" in text and "srun" in text and "supuq sweep" in text
+
+
+# Stand-ins for what the Slurm script calls, so that it runs here as on an allocation: srun runs its step on
+# this host; `ray start --block` is a node that records its start and the TERM that stops it; `ray stop` does
+# what the real one does (stops every Ray node on the machine, other jobs' too); the venv's python counts the
+# live nodes for the script's wait loop; supuq records how it was called and then succeeds, fails or hangs.
+_SLURM_SHIMS = {
+    "bin/srun": """#!/bin/bash
+while [ $# -gt 0 ]; do
+    case "$1" in -w|--nodelist) shift 2 ;; -*) shift ;; *) break ;; esac
+done
+exec "$@"
+""",
+    "bin/scontrol": """#!/bin/bash
+[ "$1 $2" = "show hostnames" ] && printf '%s\\n' $FAKE_NODES
+""",
+    "bin/hostname": """#!/bin/bash
+echo 127.0.0.1
+""",
+    "venv/bin/ray": """#!/bin/bash
+echo "$$ $*" >> "$FAKE_LOG/ray.calls"
+case "$1" in
+    start)
+        trap 'echo $$ >> "$FAKE_LOG/ray.stopped"; exit 0' TERM
+        echo $$ >> "$FAKE_LOG/ray.nodes"; echo $$ >> "$FAKE_MACHINE/ray.nodes"
+        while true; do sleep 0.05; done ;;
+    stop)
+        for pid in $(cat "$FAKE_MACHINE/ray.nodes"); do kill -TERM "$pid" 2>/dev/null; done ;;
+esac
+""",
+    "venv/bin/python": """#!/bin/bash
+if [ "$1" = "-c" ]; then exec "$REAL_PYTHON" "$@"; fi
+cat > /dev/null
+sleep 0.3
+alive=0
+for pid in $(cat "$FAKE_LOG/ray.nodes" 2>/dev/null); do kill -0 "$pid" 2>/dev/null && alive=$((alive + 1)); done
+echo $alive
+""",
+    "venv/bin/supuq": """#!/bin/bash
+printf '%s\\n' "$$" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN" "$@" > "$FAKE_LOG/supuq.call"
+case "$FAKE_SUPUQ" in fail) exit 3 ;; hang) exec sleep 120 ;; esac
+""",
+}
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("outcome, exit_code", [("ok", 0), ("fail", 3), ("scancel", 143)])
+def test_slurm_script_stops_its_own_ray_nodes_and_never_other_rays(tmp_path, outcome, exit_code):
+    """Run cluster/slurm/sweep.sbatch on a 3-node "allocation" next to another job's Ray node: it starts a head
+    and two workers with one token, runs `supuq sweep --address HEAD:PORT`, and whether the sweep succeeds, fails
+    or the job is cancelled (SIGTERM), stops exactly its own three nodes and removes its temp dir; the other
+    job's node keeps running (the script never calls `ray stop`)."""
+    for name, text in _SLURM_SHIMS.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+        (tmp_path / name).chmod(0o755)
+    job_log, machine, other_log = tmp_path / "job", tmp_path / "machine", tmp_path / "other-job"
+    for folder in (job_log, machine, other_log):
+        folder.mkdir()
+    job_id = 900_000_000 + secrets.randbelow(99_999_999)
+    ray_tmp = Path(f"/tmp/ray-{job_id}")
+    ray_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "SLURM_", "SUPUQ_"))}
+    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", REAL_PYTHON=sys.executable, FAKE_MACHINE=str(machine),
+               FAKE_NODES="node1 node2 node3", FAKE_SUPUQ="hang" if outcome == "scancel" else outcome,
+               SLURM_JOB_ID=str(job_id), SLURM_JOB_NODELIST="node[1-3]", SLURM_CPUS_PER_TASK="4",
+               SUPUQ_VENV=str(tmp_path / "venv"), SUPUQ_STORAGE="/shared/supuq/ray_results",
+               MLFLOW_TRACKING_URI="http://mlflow.test:5000")
+    other = subprocess.Popen([str(tmp_path / "venv/bin/ray"), "start", "--block"], env={**env, "FAKE_LOG": str(other_log)},
+                             start_new_session=True)
+    job = None
+    try:
+        deadline = time.monotonic() + 10
+        while not _lines(other_log / "ray.nodes") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job = subprocess.Popen(["bash", str(CLUSTER / "slurm" / "sweep.sbatch"), "--dataset", "lidc", "--samples", "4"],
+                               env={**env, "FAKE_LOG": str(job_log)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+        if outcome == "scancel":  # Slurm signals the batch step: the script and the driver it runs
+            deadline = time.monotonic() + 60
+            while not (job_log / "supuq.call").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            driver = int(_lines(job_log / "supuq.call")[0])
+            job.send_signal(signal.SIGTERM)
+            os.kill(driver, signal.SIGTERM)
+        output, _ = job.communicate(timeout=120)
+        assert job.returncode == exit_code, output
+
+        call = (job_log / "supuq.call").read_text().splitlines()
+        port = 20000 + job_id % 20000
+        assert call[1] == "token" and re.fullmatch(r"[0-9a-f]{64}", call[2]), call[:3]
+        assert call[3:] == ["sweep", "--address", f"127.0.0.1:{port}", "--storage", "/shared/supuq/ray_results",
+                            "--tracking-uri", "http://mlflow.test:5000", "--dataset", "lidc", "--samples", "4"]
+        calls = (job_log / "ray.calls").read_text().splitlines()
+        starts = [line.split()[2:] for line in calls if line.split()[1] == "start"]
+        assert len(calls) == len(starts) == 3, calls  # a head and two workers, nothing else: no `ray stop`
+        assert f"--port={port}" in starts[0] and "--head" in starts[0]
+        assert all(f"--address=127.0.0.1:{port}" in args for args in starts[1:])
+        assert all(f"--temp-dir={ray_tmp}" in args and "--block" in args for args in starts)
+        nodes = _lines(job_log / "ray.nodes")
+        assert len(nodes) == 3 and sorted(_lines(job_log / "ray.stopped")) == sorted(nodes)  # each stopped by TERM
+        assert not any(_alive(int(pid)) for pid in nodes)
+        assert not ray_tmp.exists()
+        assert _alive(other.pid) and not _lines(other_log / "ray.stopped"), "the other job's Ray node was stopped"
+    finally:  # whatever is left of either session (a node the script failed to stop outlives the script)
+        for proc in (job, other):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 SERVICE_NAMES = ("mlflow", "mlflow.mlflow", "mlflow.mlflow.svc", "mlflow.mlflow.svc.cluster.local")

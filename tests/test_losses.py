@@ -16,6 +16,7 @@ from supuq.losses import (
     reconstruction,
     supervised_aleatoric,
 )
+from supuq.train import LOSS_KEYS
 
 
 def test_kl_gaussians_matches_torch_distributions():
@@ -83,5 +84,11 @@ def test_l2_penalty():
 
 
 def test_loss_terms_as_dict():
-    terms = LossTerms(*(torch.tensor(float(i)) for i in range(6)))
-    assert terms.as_dict() == {"total": 0.0, "recon": 1.0, "kl_z": 2.0, "kl_w": 3.0, "supervised": 4.0, "l2": 5.0}
+    """Each field by name (not by position) to its own value, as a plain float, also from a tensor in a graph."""
+    weight = torch.tensor(3.0, requires_grad=True)
+    given = {"supervised": 0.25, "l2": 1e-3, "total": 41.5, "kl_w": 7.0, "recon": 30.0, "kl_z": -2.5}
+    terms = LossTerms(**{name: weight * value / 3.0 for name, value in given.items()})
+    got = terms.as_dict()
+    assert set(got) == set(given) == set(LOSS_KEYS)  # the keys the trainer sums and logs as train/<key>
+    assert all(type(v) is float for v in got.values())
+    assert got == pytest.approx(given, rel=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -244,3 +245,20 @@ def test_ece_pooled_from_accumulated_bins_equals_ece_of_all_pixels():
     assert sum(pooled.table()["count"]) == all_pm.numel()
     assert ece_from_bins([1.0, 2.0], [1.5, 1.0], [2, 3]) == pytest.approx((0.5 + 1.0) / 5)
     assert math.isnan(ece_from_bins([0.0], [0.0], [0]))
+
+
+def test_ncc_equals_numpy_corrcoef_on_random_pairs():
+    """Against an independent reference: Pearson's r from numpy on each image's flattened pair, on correlated,
+    anti-correlated and unrelated random maps; also the population-sigma formula written out (ddof=0)."""
+    rng = np.random.default_rng(7)
+    n, h, w = 6, 11, 13
+    a = rng.random((n, h, w))
+    mix = np.array([1.0, 0.5, 0.0, -0.3, -1.0, 0.9])[:, None, None]  # how much of `a` each `b` carries
+    b = mix * a + (1 - np.abs(mix)) * rng.random((n, h, w)) + rng.normal(0, 0.05, (n, h, w))
+    got = ncc(torch.as_tensor(a), torch.as_tensor(b)).numpy()
+    expected = np.array([np.corrcoef(a[i].ravel(), b[i].ravel())[0, 1] for i in range(n)])
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+    population = [((a[i] - a[i].mean()) * (b[i] - b[i].mean())).mean() / (a[i].std(ddof=0) * b[i].std(ddof=0))
+                  for i in range(n)]
+    np.testing.assert_allclose(got, population, atol=1e-12)
+    assert got[0] > 0.9 and got[4] < -0.9 and abs(got[2]) < 0.3  # the pairs span the range

@@ -100,10 +100,36 @@ def test_describe_values_are_sane():
     assert known["foreground_fraction"] == pytest.approx(4 / 64)
 
 
-def test_show_writes_a_png(tmp_path):
+def test_show_writes_a_png(tmp_path, monkeypatch):
+    """The grid shows the seeded choice of images, each with one outline per grader that drew something."""
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    figures, save = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **kw: (figures.append(fig), save(fig, *a, **kw))[1])
     path = prepare("synthetic", out=tmp_path / "cache", cfg=SMALL)
-    png = show(MultiGraderSet.load(path), tmp_path / "fig" / "grid.png", n=5, seed=1)
+    ds = MultiGraderSet.load(path)
+    png = show(ds, tmp_path / "fig" / "grid.png", n=5, seed=1)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(png) as image:
+        image.load()
+        assert image.size == (1200, 700)  # 4 columns x 2 rows of 3 x 3.2 in (+0.6 in legend), 100 dpi
+    (fig,) = figures
+    assert fig.get_suptitle() == "synthetic: 5 of 24 images"
+    panels = [ax for ax in fig.axes if ax.images]
+    chosen = np.sort(np.random.default_rng(1).choice(24, size=5, replace=False))
+    assert [ax.get_title() for ax in panels] == [f"#{i} {ds.groups[i]}" for i in chosen]
+    for ax, i in zip(panels, chosen):
+        np.testing.assert_array_equal(np.asarray(ax.images[0].get_array()), ds.images[i, 0])
+        # one contour set per grader with a non-empty mask, in that grader's colour
+        drawn_by = [j for j in range(ds.graders) if ds.masks[i, j].any()]
+        assert len(ax.collections) == len(drawn_by), (i, drawn_by)
+        for contour, j in zip(ax.collections, drawn_by):
+            assert to_hex(contour.get_edgecolor()[0]) == to_hex(f"C{j}")
+    assert any(ax.collections for ax in panels)  # the seeded choice includes lesions
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend == ["grader 1", "grader 2", "grader 3"]
 
 
 def test_other_format_version_is_a_data_error(tmp_path):

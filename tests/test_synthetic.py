@@ -70,8 +70,28 @@ def test_graders_differ_systematically_and_faint_lesions_get_missed():
 
 
 def test_default_size_generates():
-    ds = generate(2000, size=64, graders=4, seed=0)
-    assert ds.masks.shape == (2000, 4, 64, 64)
+    """The default benchmark (2000 images of 64 px, 16 chunks of the vectorised generator) holds what the
+    generative model promises across every chunk, not only its shape."""
+    n, size, graders = 2000, 64, 4
+    ds = generate(n, size=size, graders=graders, seed=0)
+    assert ds.masks.shape == (n, graders, size, size) and ds.prob.shape == (n, size, size)
+    assert ds.images.min() >= 0 and ds.images.max() <= 1 and set(np.unique(ds.masks)) == {0, 1}
+    # 4 images per patient: 500 patients, each on 4 consecutive images
+    assert len(set(ds.groups)) == n // 4 and list(ds.groups[-4:]) == [f"syn{n // 4 - 1:05d}"] * 4
+    # lesion-free images at the P(0 lesions) = 0.2 rate, nobody draws on them and p* is 0 there
+    lesion_free = ~make_scene(n, size=size, seed=0).active.any(axis=1)
+    assert abs(lesion_free.mean() - SyntheticParams().lesion_count_probs[0]) < 0.03
+    assert not ds.masks[lesion_free].any() and not ds.prob[lesion_free].any()
+    assert not (ds.masks.astype(bool) & (ds.prob[:, None] == 0)).any()
+    # the graders' average agrees with p* over the whole set (each mask is one draw of p*)
+    assert ds.masks.mean(dtype=np.float64) == pytest.approx(ds.prob.mean(dtype=np.float64), rel=0.05)
+    area = ds.masks.mean(axis=(0, 2, 3))
+    assert all(a > b for a, b in zip(area, area[1:]))  # grader 1 most generous ... grader 4 most conservative
+    # every chunk of 128 images (the last one partial) has lesions and ambiguous pixels: no chunk came out blank
+    for start in range(0, n, 128):
+        chunk = ds.prob[start:start + 128]
+        assert ((chunk > 0.2) & (chunk < 0.8)).any(), start
+        assert ds.images[start:start + 128].std() > 0.01, start
 
 
 def test_unknown_knob_is_a_data_error():

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from supuq.checkpoint import load_checkpoint, model_from_checkpoint
 from supuq.data.prepare import load_dataset
+from supuq.data.splits import split_indices
+from supuq.data.types import MultiGraderSet
 from supuq.errors import SupuqError, TrainingDiverged
-from supuq.train import LOSS_KEYS, fit
+from supuq.train import LOSS_KEYS, fit, training_indices
 
 VAL_KEYS = {"val/ged", "val/ncc", "val/ncc_excluded", "val/diversity", "val/ncc_true"}
 
@@ -106,3 +109,29 @@ def test_channels_last_auto_is_on_for_the_cpu(tiny_cfg, setting, expect_nhwc):
     weight = fit(cfg).model.unet.encoder.blocks[1][0].weight  # [f1, f0, 3, 3]: the two layouts differ
     assert weight.is_contiguous(memory_format=torch.channels_last) is expect_nhwc
     assert weight.is_contiguous() is not expect_nhwc
+
+
+def test_retrain_on_train_and_val_never_touches_the_test_split(tiny_cfg):
+    """train.train_on_val (the final retrain) trains on the train and validation images only: by index, by
+    patient, and in what fit really reads (NaN test images leave it finite; NaN validation images diverge it)."""
+    data = load_dataset(tiny_cfg.data)
+    retrain = tiny_cfg.updated({"train.train_on_val": True, "train.epochs": 1})
+    split = split_indices(data.groups, retrain.data.fractions, retrain.data.split_seed, retrain.data.split_by)
+    assert len(split.train) and len(split.val) and len(split.test)
+    used = training_indices(split, retrain)
+    assert len(used) == len(set(used.tolist())) == len(split.train) + len(split.val)
+    assert set(used.tolist()) == set(split.train.tolist()) | set(split.val.tolist())
+    assert not set(used.tolist()) & set(split.test.tolist())
+    assert not set(data.groups[used]) & set(data.groups[split.test])  # no test patient's image either
+    assert set(training_indices(split, tiny_cfg).tolist()) == set(split.train.tolist())  # a sweep trial: train only
+
+    def poisoned(rows: np.ndarray) -> MultiGraderSet:
+        images = np.array(data.images)
+        images[rows] = np.nan
+        return MultiGraderSet(images, np.asarray(data.masks), np.asarray(data.groups), np.asarray(data.prob), data.meta)
+
+    fitted = fit(retrain, poisoned(split.test))
+    assert np.array_equal(fitted.split.test, split.test)
+    assert all(np.isfinite(row[f"train/{key}"]) for row in fitted.history for key in LOSS_KEYS)
+    with pytest.raises(TrainingDiverged):  # the poison is seen where the retrain does read
+        fit(retrain, poisoned(split.val))

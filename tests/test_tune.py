@@ -4,12 +4,15 @@ trial, a NaN trial failing alone, resume after SIGKILL of the driver, and one-li
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from typer.testing import CliRunner
 
 from supuq import tracking
 from supuq.cli import app
+from supuq.config import Config, load_config, validate_config
 from supuq.errors import ConfigError, SupuqError
 from supuq.sweep.selection import best_trial
 from supuq.sweep.space import load_space
@@ -56,7 +60,79 @@ def children(uri: str, parent: str):
     return tracking.child_runs(uri, parent)
 
 
+def steps_of(uri: str, run_id: str, key: str) -> list[int]:
+    return [m.step for m in tracking.client_for(uri).get_metric_history(run_id, key)]
+
+
+def full_length_best(uri: str, parent: str, epochs: int, metric: str = "val/ged", mode: str = "min"):
+    """The best trial by the stated rule, computed here from MLflow alone (not through supuq.sweep.selection):
+    the child run with the best final `metric` among those whose train/total history reached `epochs` (an
+    ASHA-stopped trial's early value is not comparable with a full run's)."""
+    full = [r for r in children(uri, parent)
+            if max(steps_of(uri, r.info.run_id, "train/total"), default=0) == epochs
+            and math.isfinite(r.data.metrics.get(metric, math.nan))]
+    assert full, f"no trial of {parent} ran all {epochs} epochs with a {metric} value"
+    sign = 1 if mode == "min" else -1
+    return min(full, key=lambda r: sign * r.data.metrics[metric])
+
+
+def said_best(output: str, run) -> bool:
+    """Whether `supuq best` named `run` as the best trial (rich may wrap the line: compare words)."""
+    words = " ".join(output.split())
+    return f"{run.info.run_name} (" in words and f"run {run.info.run_id})" in words
+
+
+def trial_config(run) -> Config:
+    return validate_config(json.loads(run.data.tags["supuq.config"]))
+
+
+# ------------------------------------------------------------ a sweep driver in its own process, killable
+
+
+def cli_sweep(tmp_path: Path, name: str, space: Path, overrides: list[str]) -> list[str]:
+    sets = [x for o in TINY_OVERRIDES + overrides for x in ("--set", o)]
+    return [sys.executable, "-m", "supuq.cli", "sweep", "--dataset", "synthetic", "--config",
+            str(ROOT / "configs/synthetic.yaml"), "--space", str(space), "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--name", name, *sets]
+
+
+@contextmanager
+def sweep_process(tmp_path: Path, command: list[str]):
+    """Run `command` (a `supuq sweep`) as a session of its own with a local Ray it starts; yields
+    (process, environment for later commands). On exit every process of that Ray is gone: the driver's group
+    (driver, raylet, GCS) by SIGKILL if still there, and Ray's workers, which leave the driver's process group,
+    by a marker in the environment they inherit."""
+    token = secrets.token_hex(8)
+    env = {**os.environ, "RAY_ADDRESS": "", "SUPUQ_TEST_KILL": token}
+    with open(tmp_path / "driver.out", "w") as out, open(tmp_path / "driver.err", "w") as err:
+        driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True, stdout=out, stderr=err)
+    try:
+        yield driver, env
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # what the driver's group still holds (raylet, GCS)
+        except ProcessLookupError:
+            pass
+        kill_processes_with_env(f"SUPUQ_TEST_KILL={token}".encode())
+
+
+def sweep_state(tmp_path: Path, name: str) -> dict | None:
+    """The sweep's state file (written after the driver created its MLflow store and parent run)."""
+    state = tmp_path / "rr" / name / "supuq_sweep.json"
+    return json.loads(state.read_text()) if state.is_file() else None
+
+
+def driver_log(tmp_path: Path) -> str:
+    return (tmp_path / "driver.out").read_text()[-2000:] + (tmp_path / "driver.err").read_text()[-2000:]
+
+
 def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_session):
+    """The sweep, its best trial (best.yaml, the parent's tags, `supuq best`: one trial, chosen by the rule in
+    `full_length_best`), and `supuq best --retrain` of that very trial with a baseline tuned by its own sweep
+    (`--baseline-sweep kohl=...`), written under the caller's working directory."""
     monkeypatch.chdir(tmp_path)
     opts = sweep_options(tmp_path, "s2", write_space(tmp_path))
     out = run_sweep(opts)
@@ -70,25 +146,75 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
         assert run.data.params["loss.beta"]
         history = tracking.client_for(uri).get_metric_history(run.info.run_id, "train/total")
         assert len(history) >= 1
-    # the paper's first point (the base config's values) was evaluated first
-    assert any(abs(t["params"]["loss.gamma"] - 10.0) < 1e-9 for t in out.trials)
+    # The paper's first point (the base config's values) was evaluated first: Tune numbers its trials in the
+    # order the searcher suggested them, in each trial folder's name (<trainable>_<trial id>_<number>_<params>).
+    def number(trial: dict) -> int:
+        return int(re.search(rf"_{re.escape(trial['trial_id'])}_(\d+)_", Path(trial["path"]).name).group(1))
+
+    assert sorted(number(t) for t in out.trials) == [1, 2]
+    first = min(out.trials, key=number)
+    base = load_config(ROOT / "configs/synthetic.yaml", TINY_OVERRIDES).flat()
+    assert set(first["params"]) == set(yaml.safe_load((tmp_path / "space.yaml").read_text())["space"])
+    for key, value in first["params"].items():
+        same = value == base[key] if isinstance(value, str) else math.isclose(value, base[key], rel_tol=1e-12)
+        assert same, (key, value, base[key])
     assert (tmp_path / "ray_results" / "s2" / "best.yaml").is_file()
 
+    # One best trial everywhere: the tags of the parent run, best.yaml (that trial's config) and `supuq best`.
+    # (Needs the one best-trial rule in supuq/sweep/selection.py: before it, `supuq best` also ranked an
+    # ASHA-stopped trial's epoch-1 value and this fails whenever that value is the lowest.)
+    best = full_length_best(uri, out.parent_run_id, epochs=2)
+    parent = tracking.get_run(uri, out.parent_run_id)
+    assert parent.data.tags["supuq.best_run"] == best.info.run_id
+    assert parent.data.tags["supuq.best_trial"] == best.data.tags["supuq.trial_id"]
+    best_yaml = load_config(tmp_path / "ray_results" / "s2" / "best.yaml")
+    assert best_yaml == trial_config(best)
     result = runner.invoke(app, ["best", "--dataset", "synthetic", "--sweep", "s2", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
-    values = {r.info.run_name: r.data.metrics["val/ged"] for r in runs if r.info.status == "FINISHED"}
-    assert min(values, key=values.get) in result.output
+    assert said_best(result.output, best), (best.info.run_name, result.output)
+    assert f"val/ged = {best.data.metrics['val/ged']:.4f}" in result.output
+
+    # A baseline tuned by its own (one-trial) sweep, with values the supervised sweep cannot have chosen.
+    (tmp_path / "kohl").mkdir()
+    kohl_space = write_space(tmp_path / "kohl", num_samples=1, scheduler={"type": "none"},
+                             space={"loss.beta": {"loguniform": [0.1, 10.0]}, "optim.lr": {"loguniform": [1e-4, 3e-3]}})
+    kohl_opts = sweep_options(tmp_path, "k1", kohl_space)
+    kohl_opts.overrides += ["model.method=kohl", "model.weight_noise.enabled=false", "loss.gamma=0",
+                            "loss.beta=3.3", "optim.lr=0.0021"]
+    kohl_sweep = run_sweep(kohl_opts)
+    (kohl_trial,) = children(uri, kohl_sweep.parent_run_id)
+    kohl_cfg = trial_config(kohl_trial)
+    assert kohl_cfg.model.method == "kohl" and kohl_cfg.optim.lr == 0.0021 and kohl_cfg.loss.beta == 3.3
+    for wrong, message in (("kohl=s2", "tuned method 'supervised', not 'kohl'"),
+                           ("unet=k1", "expected kohl=SWEEP or kendall_gal=SWEEP")):
+        result = runner.invoke(app, ["best", "--sweep", "s2", "--retrain", "--baseline-sweep", wrong,
+                                     "--tracking-uri", uri])
+        assert result.exit_code == 2 and message in result.output, result.output
 
     result = runner.invoke(app, ["best", "--sweep", "s2", "--retrain", "--seeds", "2", "--samples", "4",
-                                 "--tracking-uri", uri])
+                                 "--baseline-sweep", "kohl=k1", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert "Table 2" in result.output and "Table 3" in result.output and "2 seed(s)" in result.output
     retrains = tracking.search_runs(uri, None, "tags.`supuq.kind` = 'retrain'")
     assert len(retrains) == 1
+    assert retrains[0].data.tags["supuq.best_trial_run"] == best.info.run_id  # the trial best.yaml holds
+    assert retrains[0].data.tags["supuq.sweep_name.kohl"] == "k1"
     seeds = children(uri, retrains[0].info.run_id)
-    assert len(seeds) == 2 and all(r.info.status == "FINISHED" for r in seeds)
+    assert len(seeds) == 6 and all(r.info.status == "FINISHED" for r in seeds)  # 3 methods x 2 seeds
     assert all("test/ged" in r.data.metrics for r in seeds)
-    assert "supervised/ged_mean" in retrains[0].data.metrics and "supervised/ged_std" in retrains[0].data.metrics
+    for method in ("supervised", "kohl", "kendall_gal"):
+        assert f"{method}/ged_mean" in retrains[0].data.metrics and f"{method}/ged_std" in retrains[0].data.metrics
+    # Each seed trained its method's chosen config (the retrain sets only the seed, train+val and the sample
+    # grid), in the caller's runs/retrain/ folder although Ray's workers run elsewhere.
+    chosen = {"supervised": best_yaml, "kohl": kohl_cfg, "kendall_gal": best_yaml.with_method("kendall_gal")}
+    owned = {"train.seed", "train.train_on_val", "eval.weight_samples", "eval.latent_samples"}
+    folders = sorted((tmp_path / "runs" / "retrain").glob("synthetic-*/*-seed*"))
+    assert sorted(f.name for f in folders) == sorted(f"{m}-seed{s}" for m in chosen for s in (0, 1)), folders
+    for folder in folders:
+        ran = load_config(folder / "config.yaml")
+        assert (folder / "eval.json").is_file() and ran.train.train_on_val and f"-seed{ran.train.seed}" in folder.name
+        want = {k: v for k, v in chosen[ran.model.method].flat().items() if k not in owned}
+        assert {k: v for k, v in ran.flat().items() if k not in owned} == want, folder.name
 
 
 def test_wait_for_resources_gives_up_with_a_clear_error(ray_session):
@@ -144,45 +270,27 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     """SIGKILL the driver and every process of the local Ray it started (as a crashed machine would) while the
     sweep is half done, then `--resume`: each trial ends with exactly one child run, all FINISHED."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path, num_samples=3)
-    data = yaml.safe_load(space.read_text())
-    data["max_concurrent"] = 1
-    data["scheduler"] = {"type": "none"}
-    space.write_text(yaml.safe_dump(data))
+    space = write_space(tmp_path, num_samples=3, max_concurrent=1, scheduler={"type": "none"})
     # 8 epochs (a checkpoint each) make a trial last a few polls, so the kill lands between trials or inside one.
-    overrides = [x for o in TINY_OVERRIDES + ["train.epochs=8"] for x in ("--set", o)]
-    cmd = [sys.executable, "-m", "supuq.cli", "sweep", "--dataset", "synthetic", "--config",
-           str(ROOT / "configs/synthetic.yaml"), "--space", str(space), "--storage", str(tmp_path / "rr"),
-           "--tracking-uri", uri, "--name", "killed", *overrides]
-    # Ray's workers leave the driver's process group; this marker in their inherited environment finds them.
-    token = secrets.token_hex(8)
-    marker = f"SUPUQ_TEST_KILL={token}"
-    env = {**os.environ, "RAY_ADDRESS": "", "SUPUQ_TEST_KILL": token}
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=log, stderr=log)
-    state = tmp_path / "rr" / "killed" / "supuq_sweep.json"
     at_kill: list[tuple[str, str]] = []
-    try:
+    with sweep_process(tmp_path, cli_sweep(tmp_path, "killed", space, ["train.epochs=8"])) as (driver, env):
         deadline = time.time() + 240
         while time.time() < deadline and driver.poll() is None:
             time.sleep(0.25)
-            if state.is_file():  # written after the driver created the store: polling earlier could race it
-                parent = json.loads(state.read_text())["parent_run_id"]
-                at_kill = [(r.data.tags.get("supuq.trial_id", ""), r.info.status) for r in children(uri, parent)]
+            state = sweep_state(tmp_path, "killed")  # polling before the state file exists could race the store
+            if state is not None:
+                at_kill = [(r.data.tags.get("supuq.trial_id", ""), r.info.status)
+                           for r in children(uri, state["parent_run_id"])]
                 if any(status == "FINISHED" for _, status in at_kill):
                     break
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver, and the raylet and GCS it started
-        driver.wait()
-        kill_processes_with_env(marker.encode())  # the trial workers
-    logged = (tmp_path / "driver.log").read_text()[-3000:]
+    logged = driver_log(tmp_path)
     finished_at_kill = sum(status == "FINISHED" for _, status in at_kill)
     assert 1 <= finished_at_kill < 3, f"the kill should land mid-sweep, children were {at_kill}: {logged}"
     resumed = subprocess.run(
         [sys.executable, "-m", "supuq.cli", "sweep", "--resume", "killed", "--storage", str(tmp_path / "rr"),
          "--tracking-uri", uri], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
     )
-    kill_processes_with_env(marker.encode())  # nothing should be left; never leave a stray worker behind
+    kill_processes_with_env(f"SUPUQ_TEST_KILL={env['SUPUQ_TEST_KILL']}".encode())  # never leave a stray worker
     said = resumed.stdout[-3000:] + resumed.stderr[-2000:]
     assert resumed.returncode == 0, said
     parents = tracking.search_runs(uri, None, "tags.`supuq.kind` = 'sweep'")
@@ -194,6 +302,135 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     assert len(runs) == 3 and len(set(trial_ids)) == 3, (described, at_kill, said)
     assert all(r.info.status == "FINISHED" for r in runs), (described, at_kill, said)
     assert all(r.data.metrics.get("val/ged") is not None for r in runs)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect: a trial resumed after kill -9 of the driver restarts from its last checkpoint (the last validation "
+    "epoch) and logs the epochs it had logged after that checkpoint a second time to the same MLflow run "
+    "(reliability issue: 'epochs 5-6 were logged twice'); val_every=1 hides it, a checkpoint every epoch"))
+def test_resume_after_sigkill_logs_each_epoch_once_with_val_every_2(tmp_path):
+    """One trial, 8 epochs, a validation (and checkpoint) every 2nd epoch: kill -9 the driver's Ray right after the
+    trial logged an odd epoch (logged, not checkpointed), resume, and every epoch must be in the run once."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path, num_samples=1, max_concurrent=1, scheduler={"type": "none"})
+    overrides = ["train.epochs=8", "train.val_every=2", "data.synthetic.n=192"]  # more images: longer epochs
+    trial_steps: list[int] = []
+    with sweep_process(tmp_path, cli_sweep(tmp_path, "odd", space, overrides)) as (driver, env):
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            state = sweep_state(tmp_path, "odd")
+            runs = children(uri, state["parent_run_id"]) if state else []
+            trial_steps = steps_of(uri, runs[0].info.run_id, "train/total") if runs else []
+            if trial_steps and max(trial_steps) >= 3 and max(trial_steps) % 2 == 1:
+                break  # the kill lands right after an odd epoch: logged, but its checkpoint is the epoch before
+            time.sleep(0.05)
+    (run,) = children(uri, state["parent_run_id"])
+    at_kill = steps_of(uri, run.info.run_id, "train/total")  # what the run held when everything was dead
+    if not (at_kill and max(at_kill) % 2 == 1 and 3 <= max(at_kill) < 8):
+        pytest.fail(f"the kill did not land just after an odd epoch (steps {at_kill}): {driver_log(tmp_path)}")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "supuq.cli", "sweep", "--resume", "odd", "--storage", str(tmp_path / "rr")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )
+    kill_processes_with_env(f"SUPUQ_TEST_KILL={env['SUPUQ_TEST_KILL']}".encode())
+    if resumed.returncode != 0:
+        pytest.fail(f"resume failed: {resumed.stdout[-3000:]} {resumed.stderr[-2000:]}")
+    (run,) = children(uri, state["parent_run_id"])
+    if run.info.status != "FINISHED":
+        pytest.fail(f"the resumed trial ended {run.info.status}: {run.data.tags.get('supuq.stop_reason')}")
+    train_steps, val_steps = steps_of(uri, run.info.run_id, "train/total"), steps_of(uri, run.info.run_id, "val/ged")
+    assert sorted(train_steps) == list(range(1, 9)), f"train/total steps {sorted(train_steps)} (at the kill {at_kill})"
+    assert sorted(val_steps) == [2, 4, 6, 8], f"val/ged steps {sorted(val_steps)}"
+
+
+def interrupt_mid_trial(tmp_path: Path, name: str, space: Path, epochs: int):
+    """Start `supuq sweep` and press Ctrl-C (SIGINT to the driver's process group, as a terminal does) once its
+    first trial has logged an epoch; returns (driver process, its environment, the sweep state) after it exits."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with sweep_process(tmp_path, cli_sweep(tmp_path, name, space, [f"train.epochs={epochs}"])) as (driver, env):
+        deadline, state, running = time.time() + 240, None, False
+        while not running and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.25)
+            state = sweep_state(tmp_path, name)
+            runs = children(uri, state["parent_run_id"]) if state else []
+            running = bool(runs) and bool(steps_of(uri, runs[0].info.run_id, "train/total"))
+        if not running:
+            pytest.fail(f"no trial started: {driver_log(tmp_path)}")
+        os.killpg(driver.pid, signal.SIGINT)
+        try:
+            driver.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the driver did not stop within 120 s of SIGINT: {driver_log(tmp_path)}")
+    return driver, env, state
+
+
+def test_ctrl_c_exits_130_with_a_resume_hint_that_resumes(tmp_path):
+    """Ctrl-C while the first of two trials runs: exit code 130, and stderr says how to continue in one line;
+    that very command finishes the sweep."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path, num_samples=2, max_concurrent=1, scheduler={"type": "none"})
+    driver, env, state = interrupt_mid_trial(tmp_path, "ctrl-c", space, epochs=4)
+    errors = (tmp_path / "driver.err").read_text()
+    assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
+    hint = next((line for line in errors.splitlines() if "continue it with: " in line), None)
+    assert hint is not None and re.match(r"sweep ctrl-c stopped after \d of 2 trials; ", hint), errors[-3000:]
+    command = hint.split("continue it with: ", 1)[1].split()
+    assert command == ["supuq", "sweep", "--resume", "ctrl-c", "--storage", str(tmp_path / "rr")], hint
+    parent = tracking.get_run(uri, state["parent_run_id"])
+    assert parent.info.status == "KILLED" and parent.data.tags["supuq.complete"] == "false"
+
+    resumed = subprocess.run([sys.executable, "-m", "supuq.cli", *command[1:]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=400)
+    kill_processes_with_env(f"SUPUQ_TEST_KILL={env['SUPUQ_TEST_KILL']}".encode())
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    parent = tracking.get_run(uri, state["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["supuq.complete"] == "true"
+    runs = children(uri, state["parent_run_id"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), \
+        [(r.info.status, r.data.tags.get("supuq.stop_reason")) for r in runs]
+    assert all(max(steps_of(uri, r.info.run_id, "val/ged")) == 4 for r in runs)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "defect: sweep/results.py summarize_trials calls every trial that reported a result TERMINATED, so a trial "
+    "interrupted by Ctrl-C counts as finished: with the last trial interrupted the sweep says complete, exits 0 "
+    "with no resume hint, writes best.yaml from the interrupted trial and tags it 'stopped early by ASHA'"))
+def test_ctrl_c_during_the_last_trial_is_an_interrupted_sweep(tmp_path):
+    """Ctrl-C while the only trial runs (it has logged an epoch, not all 4): the sweep is interrupted, not done."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    space = write_space(tmp_path, num_samples=1, scheduler={"type": "none"})
+    driver, _, state = interrupt_mid_trial(tmp_path, "last", space, epochs=4)
+    errors = (tmp_path / "driver.err").read_text()
+    (run,) = children(uri, state["parent_run_id"])
+    if max(steps_of(uri, run.info.run_id, "train/total")) >= 4:
+        pytest.fail("the trial finished before the interrupt reached it")
+    assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
+    assert "sweep last stopped after 0 of 1 trials; continue it with: supuq sweep --resume last" in errors
+    assert tracking.get_run(uri, state["parent_run_id"]).data.tags["supuq.complete"] == "false"
+    assert "ASHA" not in run.data.tags.get("supuq.stop_reason", "")
+
+
+def test_ncc_objective_picks_the_highest_validation_ncc(tmp_path, monkeypatch, ray_session):
+    """`supuq sweep --objective ncc`: the sweep maximises val/ncc; best.yaml, the parent's tags and `supuq best`
+    (which reads the objective from the sweep) all name the trial with the highest final NCC."""
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, num_samples=2, scheduler={"type": "none"})
+    sets = [x for o in TINY_OVERRIDES for x in ("--set", o)]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = runner.invoke(app, ["sweep", "--dataset", "synthetic", "--config", str(ROOT / "configs/synthetic.yaml"),
+                                 "--space", str(space), "--objective", "ncc", "--storage", str(tmp_path / "rr"),
+                                 "--tracking-uri", uri, "--name", "by-ncc", *sets])
+    assert result.exit_code == 0, result.output
+    state = sweep_state(tmp_path, "by-ncc")
+    assert (state["space_raw"]["metric"], state["space_raw"]["mode"]) == ("val/ncc", "max")
+    parent = tracking.get_run(uri, state["parent_run_id"])
+    assert parent.data.tags["supuq.objective"] == "ncc"
+    best = full_length_best(uri, state["parent_run_id"], epochs=2, metric="val/ncc", mode="max")
+    assert parent.data.tags["supuq.best_run"] == best.info.run_id
+    assert load_config(tmp_path / "rr" / "by-ncc" / "best.yaml") == trial_config(best)
+    result = runner.invoke(app, ["best", "--sweep", "by-ncc", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert said_best(result.output, best) and f"val/ncc = {best.data.metrics['val/ncc']:.4f}" in result.output
 
 
 @pytest.mark.parametrize(

@@ -148,9 +148,10 @@ def sweep(
     try:
         outcome = run_sweep(opts, console=console)
     except SweepInterrupted as stop:
+        # One unwrapped line (rich hard-wraps at 80 columns when stderr is not a terminal): a command to paste.
         err_console.print(f"sweep {stop.name} stopped after {stop.finished} of {stop.total} trials; "
                           f"continue it with: supuq sweep --resume {stop.name}"
-                          + (f" --storage {storage}" if storage else ""))
+                          + (f" --storage {storage}" if storage else ""), soft_wrap=True, highlight=False, markup=False)
         raise typer.Exit(130) from None
     console.print(sweep_table(outcome.name, outcome.trials[:10], outcome.metric))  # best first, as best.yaml
     if objective == "both":

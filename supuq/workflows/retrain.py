@@ -104,7 +104,9 @@ def retrain(
     for method, trial in (tuned or {}).items():
         tags[f"supuq.sweep_name.{method}"] = trial.sweep_name
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out_root = Path(out_root) / f"{cfg.data.dataset}-{stamp}"
+    # Absolute before the jobs leave: a Ray worker resolves a relative path against its own working directory
+    # (the one Ray was started from), not the caller's.
+    out_root = Path(out_root).resolve() / f"{cfg.data.dataset}-{stamp}"
     with tracking.tracked_run(uri, experiment, run_name=f"retrain-{cfg.data.dataset}-{stamp}", tags=tags) as parent:
         parent.log_config(cfg)
         parent.log_text(dump_config(cfg), "best_config.yaml")
