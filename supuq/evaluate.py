@@ -27,7 +27,8 @@ SPLITS = ("train", "val", "test", "all")
 
 @dataclass
 class EvalResult:
-    """Dataset-level metrics plus per-image arrays (float64 [N]) for later aggregation and figures."""
+    """Dataset-level metrics plus per-image arrays (float64 [N]) for later aggregation and figures; `index` [N]
+    is the dataset index of each evaluated image (ascending), the order of every `per_image` array."""
 
     ged: float
     ncc: float
@@ -46,10 +47,11 @@ class EvalResult:
     ncc_true_excluded: int | None = None
     per_image: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     reliability: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
     def as_dict(self, prefix: str = "test/") -> dict[str, float]:
         """Scalar metrics keyed e.g. `test/ged`; None values (no true probabilities) are left out."""
-        skip = ("per_image", "reliability")
+        skip = ("per_image", "reliability", "index")
         scalars = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
         return {f"{prefix}{k}": float(v) for k, v in scalars.items()}
 
@@ -139,6 +141,7 @@ def evaluate_indices(
         latent_samples=latent_samples,
         per_image=per_image,
         reliability=calibration.table(),
+        index=index.astype(np.int64),
     )
     if "ncc_true" in per_image:
         true = summarize_ncc(torch.from_numpy(per_image["ncc_true"]))

@@ -3,7 +3,8 @@
 - `uncertainty_figure`: per chosen test image, as in Fig. 1-2 of Hu et al.: row 1 the image and each
   grader's mask; row 2 model samples; row 3 true data uncertainty (grader variance, or the generator's
   p*(1-p*) when known), predicted aleatoric and predicted epistemic, the two data-uncertainty maps on one
-  colour scale.
+  colour scale. It draws `panel_maps`, which it can also save (panels.npz) for the report.
+- `comparison_figure`: one test image across methods (their saved `panel_maps`), one row per method.
 - `curves_figure`: training loss terms and validation metrics per epoch.
 - `reliability_figure`: p_m against p_g per bin, with the ECE.
 """
@@ -31,19 +32,23 @@ def pyplot():
     return plt
 
 
-def uncertainty_figure(
+def panel_maps(
     model: torch.nn.Module,
     data: MultiGraderSet,
     indices: np.ndarray,
-    out: str | Path,
     weight_samples: int = 5,
     latent_samples: int = 10,
     shown_samples: int = 4,
-    title: str = "",
-) -> Path:
-    """One block of three rows per image in `indices`; returns the PNG path. The weight_samples *
-    latent_samples samples per image are drawn on the method's grid (`sampling_grid`), as in `evaluate`."""
-    plt = pyplot()
+) -> dict[str, np.ndarray]:
+    """What a panel shows for the n images `indices`, as plain arrays (saved as `panels.npz` so that the report
+    can put the same image of several methods side by side without their models):
+
+    index [n] int64; image [n, H, W] float32; masks [n, D, H, W] uint8; samples [n, S, H, W] uint8 (S =
+    `shown_samples` binary samples, evenly spaced over the M x K drawn) and sample_ids [S] (their 0-based numbers);
+    true [n, H, W] float32 (grader variance, or p*(1-p*) when the generator's p* is known) and true_label (0-d
+    str); aleatoric and epistemic [n, H, W] float32 (the decomposition of all M x K samples). The samples are
+    drawn on the method's grid (`sampling_grid`), as in `evaluate`."""
+    indices = np.asarray(indices, dtype=np.int64)
     device = next(model.parameters()).device
     weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     x = torch.as_tensor(np.asarray(data.images[indices]), dtype=torch.float32, device=device)
@@ -55,34 +60,105 @@ def uncertainty_figure(
         true_unc, true_label = p_true * (1 - p_true), "true p*(1-p*)"
     else:
         true_unc, true_label = grader_variance(masks), "grader variance"
-    graders = masks.shape[1]
+    flat = samples.flatten(1, 2)
+    picks = np.linspace(0, flat.shape[1] - 1, shown_samples).round().astype(np.int64)
+    return {
+        "index": indices, "image": x[:, 0].cpu().numpy().astype(np.float32), "masks": masks.numpy().astype(np.uint8),
+        "samples": flat[:, picks].numpy().astype(np.uint8), "sample_ids": picks,
+        "true": true_unc.numpy().astype(np.float32), "true_label": np.array(true_label),
+        "aleatoric": parts.aleatoric.numpy().astype(np.float32), "epistemic": parts.epistemic.numpy().astype(np.float32),
+    }
+
+
+def uncertainty_figure(
+    model: torch.nn.Module,
+    data: MultiGraderSet,
+    indices: np.ndarray,
+    out: str | Path,
+    weight_samples: int = 5,
+    latent_samples: int = 10,
+    shown_samples: int = 4,
+    title: str = "",
+    maps_out: str | Path | None = None,
+) -> Path:
+    """One block of three rows per image in `indices`; returns the PNG path. With `maps_out` the arrays drawn
+    (`panel_maps`) are also saved there as a compressed .npz."""
+    maps = panel_maps(model, data, indices, weight_samples, latent_samples, shown_samples)
+    if maps_out is not None:
+        np.savez_compressed(maps_out, **maps)
+    plt = pyplot()
+    n, graders = maps["masks"].shape[:2]
     cols = max(graders + 1, shown_samples, 3)
     # constrained layout keeps the title, the panel titles and the colour bars apart (tight_layout let the title
     # run into the first row and a colour bar's "1e-6" offset into the panel title beside it)
-    fig, axes = plt.subplots(3 * len(indices), cols, figsize=(1.7 * cols, 1.6 * 3 * len(indices) + 0.3),
-                             squeeze=False, layout="constrained")
-    flat_samples = samples.flatten(1, 2)
-    vmax = 0.25  # Bernoulli variance is at most 1/4: one fixed scale makes maps comparable across images
-    for row, idx in enumerate(indices):
+    fig, axes = plt.subplots(3 * n, cols, figsize=(1.7 * cols, 1.6 * 3 * n + 0.3), squeeze=False,
+                             layout="constrained")
+    for row, idx in enumerate(maps["index"]):
         top, mid, bot = axes[3 * row], axes[3 * row + 1], axes[3 * row + 2]
-        top[0].imshow(x[row, 0].cpu(), cmap="gray")
+        top[0].imshow(maps["image"][row], cmap="gray")
         top[0].set_title(f"image {int(idx)}", fontsize=7)
         for j in range(graders):
-            top[j + 1].imshow(masks[row, j], cmap="gray", vmin=0, vmax=1)
+            top[j + 1].imshow(maps["masks"][row, j], cmap="gray", vmin=0, vmax=1)
             top[j + 1].set_title(f"grader {j + 1}", fontsize=7)
-        picks = np.linspace(0, flat_samples.shape[1] - 1, shown_samples).round().astype(int)
-        for j, s in enumerate(picks):
-            mid[j].imshow(flat_samples[row, s].float(), cmap="gray", vmin=0, vmax=1)
+        for j, s in enumerate(maps["sample_ids"]):
+            mid[j].imshow(maps["samples"][row, j], cmap="gray", vmin=0, vmax=1)
             mid[j].set_title(f"sample {s + 1}", fontsize=7)
-        for j, (name, grid, scale) in enumerate(
-            [(true_label, true_unc[row], vmax), ("pred. aleatoric", parts.aleatoric[row], vmax),
-             ("pred. epistemic", parts.epistemic[row], None)]
-        ):
-            im = bot[j].imshow(grid, cmap="magma", vmin=0, vmax=scale if scale else max(float(grid.max()), 1e-6))
-            bot[j].set_title(name, fontsize=7)
-            # epistemic maps are ~1e-3..1e-6: label each tick in full rather than with an offset above the bar
-            bar = fig.colorbar(im, ax=bot[j], fraction=0.046, pad=0.02, format=None if scale else "%.0e")
-            bar.ax.tick_params(labelsize=5)
+        for j, (name, key) in enumerate([(str(maps["true_label"]), "true"), ("pred. aleatoric", "aleatoric"),
+                                         ("pred. epistemic", "epistemic")]):
+            _uncertainty_map(fig, bot[j], maps[key][row], name, key != "epistemic")
+    _finish(axes, fig, title)
+    return _save(fig, out)
+
+
+def comparison_figure(maps: dict[str, dict[str, np.ndarray]], image: int, out: str | Path, title: str = "") -> Path:
+    """One test image across methods: a first row with the image, each grader's mask and the true data
+    uncertainty, then one row per method (`maps`: row label -> that method's `panel_maps`, all holding `image`)
+    with its samples, predicted aleatoric and predicted epistemic map. The aleatoric maps share the true map's
+    fixed scale; the epistemic maps share one scale across the methods (the largest value of any of them), so
+    a method with less epistemic uncertainty looks darker instead of being stretched to its own maximum."""
+    plt = pyplot()
+    rows = {label: int(np.flatnonzero(m["index"] == image)[0]) for label, m in maps.items()}
+    first = next(iter(maps.values()))
+    at = rows[next(iter(maps))]
+    graders = first["masks"].shape[1]
+    shown = max(m["samples"].shape[1] for m in maps.values())
+    cols = max(graders + 2, shown + 2)
+    fig, axes = plt.subplots(1 + len(maps), cols, figsize=(1.9 * cols, 1.9 * (1 + len(maps)) + 0.3), squeeze=False,
+                             layout="constrained")
+    top = axes[0]
+    top[0].imshow(first["image"][at], cmap="gray")
+    top[0].set_title(f"image {image}", fontsize=8)
+    for j in range(graders):
+        top[j + 1].imshow(first["masks"][at, j], cmap="gray", vmin=0, vmax=1)
+        top[j + 1].set_title(f"grader {j + 1}", fontsize=8)
+    _uncertainty_map(fig, top[cols - 1], first["true"][at], str(first["true_label"]), True)
+    epistemic_max = max(max(float(m["epistemic"][r].max()) for m, r in zip(maps.values(), rows.values())), 1e-6)
+    for axis_row, (label, m) in zip(axes[1:], maps.items()):
+        r = rows[label]
+        for j, s in enumerate(m["sample_ids"]):
+            axis_row[j].imshow(m["samples"][r, j], cmap="gray", vmin=0, vmax=1)
+            axis_row[j].set_title(f"sample {s + 1}", fontsize=8)
+        axis_row[0].set_ylabel(label, fontsize=9)
+        _uncertainty_map(fig, axis_row[cols - 2], m["aleatoric"][r], "pred. aleatoric", True)
+        _uncertainty_map(fig, axis_row[cols - 1], m["epistemic"][r], "pred. epistemic", False, epistemic_max)
+    _finish(axes, fig, title)
+    return _save(fig, out)
+
+
+def _uncertainty_map(fig, ax, grid: np.ndarray, name: str, bernoulli_scale: bool, vmax: float | None = None) -> None:
+    """A magma map with its colour bar: on 0..1/4 (a Bernoulli variance is at most 1/4, so one fixed scale
+    makes maps comparable across images and methods) or, for epistemic maps (~1e-3..1e-6), on 0..`vmax`
+    (default the map's own maximum) with each tick labelled in full ("%.2g": 0.25, 5e-05) rather than with an
+    offset above the bar."""
+    top = 0.25 if bernoulli_scale else (vmax if vmax is not None else max(float(grid.max()), 1e-6))
+    im = ax.imshow(grid, cmap="magma", vmin=0, vmax=top)
+    ax.set_title(name, fontsize=7)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, format=None if bernoulli_scale else "%.2g")
+    bar.ax.tick_params(labelsize=5)
+
+
+def _finish(axes, fig, title: str) -> None:
+    """No ticks (the row labels set with `set_ylabel` stay); axes without an image hidden; the title."""
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -90,7 +166,6 @@ def uncertainty_figure(
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, out)
 
 
 def curves_figure(history: list[dict[str, float]], out: str | Path, title: str = "") -> Path:

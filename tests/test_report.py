@@ -61,8 +61,9 @@ def test_retrain_report_tables_images_artifact_and_cli(store):
     assert "Table 2: GED" in page and "Table 3: NCC" in page
     for label in ("Ours", "Probabilistic U-Net", "Kendall"):
         assert label in page
-    # 3 methods x (uncertainty panel + learning curves) + the reliability diagram
-    assert page.count(PNG) == 7
+    # 3 methods x (uncertainty panel + learning curves) + each of the 2 fixed test images (eval.figure_images)
+    # across methods + the reliability diagram
+    assert page.count(PNG) == 7 + 2 and page.count("<h2>Test images across methods") == 1
     assert "ECE" in page and "see the paper" not in page  # synthetic: no published column
     # the configurations table shows each method's own keys (registry): no weight-noise prior for Kendall & Gal
     configs = page.split("<h2>Configurations</h2>")[1].split("</table>")[0]

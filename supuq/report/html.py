@@ -34,7 +34,27 @@ td.num, td.published { white-space: nowrap; } th.published { min-width: 200px; }
 figure { margin: 0 0 16px; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #444; max-width: 900px; }
 .panel { flex: 1 1 340px; min-width: 300px; } .tag { font-family: monospace; font-size: 0.9em; }
-"""
+.configs td:nth-child(2) { text-align: left; white-space: pre-line; }
+/* click to enlarge without a script: the label toggles a hidden checkbox; checked, the frame covers the window
+   and shows the picture at least 1100 px wide (or the window's width), scrolling where it is taller */
+.zoom { display: block; cursor: zoom-in; } .zoom input { display: none; }
+.zoom input:checked + .frame { position: fixed; inset: 0; z-index: 10; overflow: auto; padding: 16px;
+       background: rgba(20, 20, 20, 0.9); cursor: zoom-out; text-align: center; box-sizing: border-box; }
+.zoom input:checked + .frame img { max-width: none; width: auto; min-width: min(100%, 1100px); background: #fff; }
+/* a table sorted without a script: its cells are items of one grid in document order, and the checked radio
+   button sets every cell's CSS `order` to its row's rank under that key (a custom property on the row) */
+.sortbar { font-size: 0.88em; margin: 4px 0; } .sortbar input { display: none; }
+.sortbar label { display: inline-block; margin: 2px 4px 2px 0; padding: 2px 8px; border: 1px solid #bbb;
+                 border-radius: 10px; cursor: pointer; white-space: nowrap; }
+.sortbar input:checked + label { background: #2b5d8a; border-color: #2b5d8a; color: #fff; }
+.sorted { display: grid; width: max-content; max-width: 100%; max-height: 32em; overflow: auto;
+          border: 1px solid #ccc; font-size: 0.9rem; margin: 6px 0 16px; }
+.sorted .tr { display: contents; }
+.sorted .th, .sorted .td { padding: 3px 10px; border-bottom: 1px solid #e6e6e6; text-align: right; white-space: nowrap; }
+.sorted .th { position: sticky; top: 0; order: -1; background: #f2f2f2; font-weight: bold; }
+.sorted .first { text-align: left; } .sorted .na { color: #999; }
+""" + "".join(f".sort-{j}:checked ~ .sorted .td {{ order: var(--k{j}); }}\n" for j in range(16))
+SORT_KEYS_MAX = 16  # the rules above cover this many sort keys per table
 
 
 def html_page(title: str, parts: list[str]) -> str:
@@ -74,10 +94,41 @@ def html_result_tables(result: ResultTables) -> list[str]:
     return out
 
 
-def html_figure(path: Path, alt: str, caption: str) -> str:
+def html_figure(path: Path, alt: str, caption: str, anchor: str | None = None) -> str:
+    """The PNG at `path` embedded as a data URI; a click enlarges it (pure CSS, see `.zoom`), another click
+    puts it back. `anchor`: the figure's id, for links within the page."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return (f"<figure><img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
+    ident = f" id='{html.escape(anchor, quote=True)}'" if anchor else ""
+    return (f"<figure{ident}><label class='zoom' title='click to enlarge'><input type='checkbox'><span class='frame'>"
+            f"<img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'></span></label>"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def html_sorted_table(name: str, head: list[str], rows: list[list[str]], keys: list[tuple[str, list[int]]],
+                      raw_first: bool = False) -> str:
+    """A table the reader re-sorts with radio buttons, without a script. `keys`: (label, ranks) per sort order,
+    ranks[i] the position of row i in that order (0 first); the first key is checked. `name` makes the radio
+    group unique on the page; `raw_first` leaves the first column's cells unescaped (they hold markup)."""
+    if not 1 <= len(keys) <= SORT_KEYS_MAX:
+        raise ValueError(f"a sorted table takes 1 to {SORT_KEYS_MAX} sort keys, got {len(keys)}")
+    bar = []
+    for j, (label, _) in enumerate(keys):
+        ident = f"{name}-sort-{j}"
+        bar.append(f"<input type='radio' name='{name}-sort' id='{ident}' class='sort-{j}'{' checked' if j == 0 else ''}>"
+                   f"<label for='{ident}'>{html.escape(label)}</label>")
+
+    def cell(kind: str, value: str, i: int, raw: bool) -> str:
+        classes = kind + (" first" if i == 0 else "") + (" na" if value == "n/a" else "")
+        return f"<span class='{classes}'>{value if raw else html.escape(str(value))}</span>"
+
+    grid = [f"<div class='sorted' style='grid-template-columns: repeat({len(head)}, auto)'>",
+            *(cell("th", h, i, False) for i, h in enumerate(head))]
+    for r, row in enumerate(rows):
+        ranks = ";".join(f"--k{j}:{ranks[r]}" for j, (_, ranks) in enumerate(keys))
+        grid.append(f"<div class='tr' style='{ranks}'>"
+                    + "".join(cell("td", v, i, raw_first and i == 0) for i, v in enumerate(row)) + "</div>")
+    # the radio buttons must be siblings of the grid for the `.sort-j:checked ~ .sorted` rules
+    return "<div class='sortbar'><span>sort by: </span>" + "".join(bar) + "".join(grid) + "</div></div>"
 
 
 def artifact(uri: str, run_id: str, path: str, dst: Path) -> Path | None:

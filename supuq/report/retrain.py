@@ -1,13 +1,15 @@
 """`supuq report RUN_ID|SWEEP_NAME --out report.html`: one self-contained HTML page from MLflow data.
 
 Self-contained: every image is an embedded base64 PNG data URI and the CSS is inline; the page loads nothing
-(no scripts, no fonts, no links to follow for its content), so it opens offline and can be mailed.
+(no scripts, no fonts, no links to follow for its content), so it opens offline and can be mailed. A click
+enlarges any figure and radio buttons re-sort the table of test images, both in CSS alone.
 
 - A retrain run (`supuq.kind=retrain`, written by `supuq best --retrain`): the Table 2 (GED) / Table 3 (NCC)
   model of `supuq.workflows.tables` built from the run's `results.json` (mean +- std over seeds, the verdict of
   ours against each baseline, the paper's published values for LIDC and MICCAI2012, a banner on smoke-scale
   runs); each method's seed-0 Figure 1/2 style panel (`figures/uncertainty.png`: the same fixed test images for
-  every method) and learning curves; a reliability diagram of p_m against p_g per method, its bins pooled over
+  every method); each of those images across methods and a table of every test image's GED and NCC per method,
+  worst first (`supuq.report.images`); learning curves; a reliability diagram of p_m against p_g per method, its bins pooled over
   seeds for the picture (the ECE itself is the calibration table's, mean +- std over seeds).
 - A sweep (`supuq.kind=sweep`): final val/ged against val/ncc per trial with the Pareto front (min GED, max
   NCC); each searched parameter against GED (log axis where it was searched log-uniformly); the epochs each
@@ -29,9 +31,11 @@ from .. import __version__
 from ..errors import SupuqError
 from ..evaluate import pool_reliability
 from ..workflows.published import PAPER
+from ..models.registry import SHORT_LABELS
 from ..workflows.tables import METHOD_LABELS, build_tables, recorded_scale, samples_of
 from .html import (artifact, html_figure, html_page, html_result_tables, html_table, json_artifact, num, param_text,
                    quiet_downloads)
+from .images import per_image_sections
 from .sweep import sweep_sections
 
 
@@ -113,6 +117,8 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
     label = {m: METHOD_LABELS.get(m, m) for m in methods}
     samples = samples_of(children)
     model = build_tables(dataset, per_seed, samples, results.get("ncc_common", {}), recorded_scale(results, children))
+    evals = {child.info.run_id: ev for child in children
+             if (ev := json_artifact(uri, child.info.run_id, "eval.json", work / child.info.run_id)) is not None}
 
     out = [f"<p class='meta'>{html.escape(model.heading)}; each seed retrained on train+val; std is the sample "
            "std over seeds.</p>"]
@@ -122,7 +128,9 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
     out.append("<h2>Figure 1 / Figure 2 style panels (seed 0, fixed test images)</h2>")
     out.append("<p class='note'>Per image: the image and each grader's mask; model samples; the true data "
                "uncertainty (grader variance, or p*(1-p*) on synthetic data) beside the predicted aleatoric and "
-               "epistemic maps. The images are the same for every method (a fixed choice from the test split).</p>")
+               "epistemic maps. The images are the same for every method (a fixed choice from the test split). "
+               "Click a panel to enlarge it (click again to close); the next section puts each image's methods "
+               "side by side.</p>")
     panels, curves = [], []
     for method in methods:
         seed0 = by_method.get(method, [None])[0]
@@ -135,6 +143,7 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
             bucket.append(html_figure(path, f"{name}: {text}", text) if path else
                           f"<p class='note'>{html.escape(text)}: no figures/{name}.png artifact</p>")
     out.append("<div class='row'>" + "".join(f"<div class='panel'>{p}</div>" for p in panels) + "</div>")
+    out += per_image_sections(uri, methods, {m: SHORT_LABELS.get(m, m) for m in methods}, by_method, evals, work)
     out.append("<h2>Learning curves (seed 0)</h2>")
     out.append("<p class='note'>Training loss terms per batch (log scale) and validation metrics per epoch. "
                "Retrains train on train+val, so their validation curves are not held out.</p>")
@@ -143,9 +152,7 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
     out.append("<h2>Reliability of p<sub>m</sub> against p<sub>g</sub></h2>")
     pooled = {}
     for method in methods:
-        parts = [t for child in by_method.get(method, [])
-                 if (t := (json_artifact(uri, child.info.run_id, "eval.json", work / child.info.run_id) or {})
-                     .get("reliability"))]
+        parts = [t for child in by_method.get(method, []) if (t := evals.get(child.info.run_id, {}).get("reliability"))]
         if parts:
             pooled[label[method].split(" (")[0]] = pool_reliability(parts)
     if pooled:
@@ -190,12 +197,12 @@ def _config_table(methods: list[str], label: dict[str, str], by_method: dict[str
         if runs:
             params = runs[0].data.params
             own = METHODS[m].keys if m in METHODS else ()
-            settings = "; ".join(f"{k.split('.', 1)[1]} {param_text(params.get(k))}" for k in own)
+            settings = "\n".join(f"{k.split('.', 1)[1]} {param_text(params.get(k))}" for k in own)  # one per line
             rows.append([label[m], settings or "-", *(param_text(params.get(k)) for k in SHARED_KEYS)])
     if not rows:
         return ""
     head = ["method", "the method's own settings", *(k.split(".")[-1] for k in SHARED_KEYS)]
-    return "<h2>Configurations</h2>" + html_table(head, rows)
+    return "<h2>Configurations</h2><div class='configs'>" + html_table(head, rows) + "</div>"
 
 
 def _header(uri: str, run, kind: str) -> list[str]:

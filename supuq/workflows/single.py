@@ -37,19 +37,23 @@ def default_out_dir(cfg: Config) -> Path:
 
 
 def evaluate_and_draw(fitted: FitResult, out_dir: Path) -> tuple[EvalResult, list[Path]]:
-    """Test metrics with the configured M x K grid, eval.json, and the two figures in `out_dir`."""
+    """Test metrics with the configured M x K grid, eval.json (with per-image GED and NCC), the two figures and
+    panels.npz (the arrays of the uncertainty panel, `supuq.figures.panel_maps`) in `out_dir`."""
     cfg, model, data = fitted.cfg, fitted.model, fitted.data
     test = evaluate(
         model, data, "test", cfg.eval.weight_samples, cfg.eval.latent_samples, cfg.eval.batch_size,
         data_cfg=cfg.data,
     )
-    (out_dir / "eval.json").write_text(json.dumps({**test.as_dict(""), "reliability": test.reliability}, indent=2))
+    # per-image metrics (in the order of their dataset index) are what the report's table of test images sorts
+    per_image = {"index": test.index.tolist(), **{k: test.per_image[k].tolist() for k in ("ged", "ncc")}}
+    (out_dir / "eval.json").write_text(json.dumps({**test.as_dict(""), "reliability": test.reliability,
+                                                   "per_image": per_image}, indent=2))
     chosen = fixed_figure_indices(data, fitted.split.test, cfg.eval.figure_images)
     title = f"{cfg.data.dataset} / {cfg.model.method} / seed {cfg.train.seed}"
     figures = [
         uncertainty_figure(
             model, data, chosen, out_dir / "uncertainty.png", cfg.eval.weight_samples, cfg.eval.latent_samples,
-            title=title,
+            title=title, maps_out=out_dir / "panels.npz",
         ),
         curves_figure(fitted.history, out_dir / "curves.png", title=title),
     ]
@@ -90,7 +94,7 @@ def train_and_evaluate(
         fitted = fit(cfg, data, reporter=tracking.MlflowReporter(run), checkpoint_dir=out, progress=progress)
         test, figures = evaluate_and_draw(fitted, out)
         run.log_metrics(test.as_dict("test/"), step=cfg.train.epochs)
-        for path in [out / "eval.json", *figures]:
+        for path in [out / "eval.json", *figures, out / "panels.npz"]:  # panels.npz: the arrays the panel drew
             run.log_artifact(path, "figures" if path.suffix == ".png" else None)
         if fitted.checkpoint_path is not None:
             run.log_artifact(fitted.checkpoint_path, "checkpoint")
