@@ -172,9 +172,10 @@ def test_scale_and_samples_read_from_a_retrains_records():
     def run(**params):  # what the functions read of an MLflow Run: run.data.params (strings)
         return SimpleNamespace(data=SimpleNamespace(params={k.replace("_", ".", 1): str(v) for k, v in params.items()}))
 
-    runs = [run(eval_weight_samples=1, eval_latent_samples=50, train_epochs=12),
-            run(eval_weight_samples=5, eval_latent_samples=10, train_epochs=40)]
-    assert samples_of(runs) == "50 (5 x 10 or 1 x 50)" and samples_of([]) == "?"
+    runs = [run(eval_weight_samples=1, eval_latent_samples=50, train_epochs=12, model_method="kohl"),
+            run(eval_weight_samples=5, eval_latent_samples=10, train_epochs=40, model_method="supervised")]
+    assert samples_of(runs) == "50 (Prob. U-Net 1 x 50; ours 5 x 10)" and samples_of([]) == "?"
+    assert samples_of(runs[1:]) == "50 (5 x 10)"
     per_seed = {"supervised": [{}, {}, {}], "kohl": [{}, {}]}
     assert recorded_scale({"per_seed": per_seed, "scale": {"epochs": 30, "image_px": 128}}, runs) == Scale(2, 30, 128)
     assert recorded_scale({"per_seed": per_seed}, runs) == Scale(2, 12, None)  # older results.json: from the runs

@@ -88,7 +88,7 @@ def pareto_table(parent, front: list[dict]) -> Table:
     text_column(table, "run")
     for number, row in enumerate(front, 1):
         m, p = row["metrics"], row["params"]
-        table.add_row(str(number), row["name"].rsplit("_", 1)[-1], _num(m["val/ged"], ".4f"), _num(m.get("val/ncc"), ".3f"),
+        table.add_row(str(number), row.get("trial_id") or row["name"], _num(m["val/ged"], ".4f"), _num(m.get("val/ncc"), ".3f"),
                       *(_num(p.get(k), ".3g") for k in PARETO_KEYS), row["run_id"][:8])
     return table
 

@@ -67,18 +67,25 @@ def seed_values(per_seed: dict[str, list[dict[str, float]]], method: str, key: s
 
 
 def samples_of(seed_runs: list) -> str:
-    """Test samples per image of a retrain's MLflow seed runs with their weight x latent grids, e.g.
-    "50 (5 x 10 or 1 x 50)" (a model without weight noise draws 1 x 50); "?" when not logged."""
-    grids: dict[str, int] = {}
+    """Test samples per image of a retrain's MLflow seed runs with each method's weight x latent grid, e.g.
+    "50 (5 x 10)" when every method drew the same grid, "50 (ours 5 x 10; Prob. U-Net 1 x 50)" when they differ
+    (a method without weight samples draws 1 x 50); "?" when not logged."""
+    from ..models.registry import SHORT_LABELS
+
+    grids: dict[str, tuple[int, int]] = {}
     for run in seed_runs:
         try:
             m, k = int(run.data.params["eval.weight_samples"]), int(run.data.params["eval.latent_samples"])
         except (KeyError, ValueError):
             continue
-        grids.setdefault(f"{m} x {k}", m * k)
+        grids.setdefault(run.data.params.get("model.method", "?"), (m, k))
     if not grids:
         return "?"
-    return f"{next(iter(grids.values()))} ({' or '.join(sorted(grids, key=lambda g: -int(g.split()[0])))})"
+    totals = "/".join(str(n) for n in sorted({m * k for m, k in grids.values()}))
+    if len(set(grids.values())) == 1:
+        m, k = next(iter(grids.values()))
+        return f"{totals} ({m} x {k})"
+    return f"{totals} ({'; '.join(f'{SHORT_LABELS.get(name, name)} {m} x {k}' for name, (m, k) in grids.items())})"
 
 
 def mean_pm(stats: dict[str, float], key: str, digits: int = 4) -> str:
