@@ -242,7 +242,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             grid = tuner.fit()
             trials = rank_trials(summarize_trials(grid, space), space.metric, space.mode, max_epochs)
             complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
-            stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
+            stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete, space.metric)
             best, full_length = best_row(trials, space.metric, space.mode, max_epochs)
             if best is not None and not full_length:
                 say(fallback_note(space.metric, max_epochs))

@@ -110,11 +110,19 @@ def _trial_id_from_path(path: str | None) -> str:
     return Path(path).name.split("_")[1] if path and "_" in Path(path).name else ""
 
 
-def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
+STOP_TAGS = ("supuq.stop_reason", "supuq.stopped_by", "supuq.stopped_at_epoch")
+"""The tags saying how a trial's run ended when it did not simply run all its epochs: why, who stopped it
+(asha | error | interrupt) and at which epoch."""
+
+
+def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool,
+                        metric: str = "val/ged") -> int:
     """Give every child run the status its trial really ended with, whatever the trial process managed to
-    write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
-    saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
-    KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
+    write before Ray stopped or killed it, and a one-line description (`trial_summary`). All epochs ->
+    FINISHED; stopped by ASHA -> FINISHED too (an early stop is a normal end of a search, not a crash), with
+    tags saying ASHA stopped it and at which epoch; errored (NaN loss, dead worker) -> FAILED; unfinished
+    when the sweep was interrupted -> KILLED (a resume reopens it). FINISHED therefore does not mean "ran
+    all epochs": `sweep.selection` ranks on the epochs reached. Returns how many trials ASHA stopped early."""
     from .. import tracking
 
     by_trial = {t["trial_id"]: t for t in trials}
@@ -127,18 +135,44 @@ def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs
             tracking.archive_run(uri, run.info.run_id, "trial lost with the interrupted driver; re-run after resume")
             continue
         trial["run_id"] = run.info.run_id
-        status, reason = _final_status(trial, max_epochs, complete)
-        stopped += reason.startswith("stopped early")
-        if run.info.status != status or reason:
-            tracking.end_run(uri, run.info.run_id, status, {"supuq.stop_reason": reason} if reason else None)
+        status, stopped_by, reason = final_status(trial, max_epochs, complete)
+        stopped += stopped_by == "asha"
+        tags = {"mlflow.note.content": trial_summary(trial, metric, max_epochs, reason)}
+        if reason:
+            tags.update(zip(STOP_TAGS, (reason, stopped_by, trial["epochs"])))
+        else:  # a resumed trial that now ran all its epochs: the interruption's tags no longer hold
+            client = tracking.client_for(uri)
+            for key in STOP_TAGS:
+                if key in run.data.tags:
+                    client.delete_tag(run.info.run_id, key)
+        tracking.end_run(uri, run.info.run_id, status, tags)
     return stopped
 
 
-def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str]:
+def final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str, str]:
+    """(MLflow status, who stopped the trial: "" | asha | error | interrupt, why in words) of a trial row."""
     if trial["status"] == "ERROR":
-        return "FAILED", trial["error"] or "error"
+        return "FAILED", "error", trial["error"] or "error"
     if trial["status"] == "TERMINATED":
         if trial["epochs"] >= max_epochs:
-            return "FINISHED", ""
-        return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
-    return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
+            return "FINISHED", "", ""
+        return "FINISHED", "asha", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
+    if complete:
+        return "KILLED", "interrupt", "trial never ran"
+    return "KILLED", "interrupt", "sweep interrupted; resume with supuq sweep --resume"
+
+
+def trial_summary(trial: dict, metric: str, max_epochs: int, reason: str = "") -> str:
+    """One line for a trial run's MLflow description: its searched params, its last `metric` and the epochs
+    it reached, and how it ended when it did not run all epochs; params only while it has no result yet.
+    E.g. "beta=0.31 gamma=12.4 lr=0.00042; val/ged 0.2817 at epoch 6 of 6"."""
+    params = " ".join(f"{key.split('.')[-1]}={_short(value)}" for key, value in trial.get("params", {}).items())
+    value = trial.get("metrics", {}).get(metric)
+    if value is None:
+        return params
+    result = f"{metric} {value:.4f} at epoch {trial['epochs']} of {max_epochs}" + (f" ({reason})" if reason else "")
+    return f"{params}; {result}" if params else result
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
