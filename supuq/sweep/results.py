@@ -7,6 +7,7 @@ Driver-side only (the trials themselves run `sweep.trainable.trial_main`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,54 @@ def trial_summary(trial: dict, metric: str, max_epochs: int, reason: str = "") -
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------------------------------- the parent run
+
+
+def space_params(space: SweepSpace) -> dict[str, str]:
+    """The sweep parent run's params that describe the search, beside the base config's own keys (which hold
+    the first point's values): `space.<key>` -> e.g. "loguniform [0.001, 10.0]" for each searched key, and
+    the objective, trial count and scheduler as `sweep.*`."""
+    params = {f"space.{key}": f"{dist.kind} {json.dumps(dist.value)}" for key, dist in space.space.items()}
+    params.update({
+        "sweep.objective": space.objective, "sweep.metric": space.metric, "sweep.mode": space.mode,
+        "sweep.num_samples": str(space.num_samples), "sweep.max_concurrent": str(space.max_concurrent),
+        "sweep.scheduler": space.scheduler.type,
+    })
+    if space.scheduler.type == "asha":
+        params["sweep.grace_period"] = str(space.scheduler.grace_period)
+        params["sweep.reduction_factor"] = str(space.scheduler.reduction_factor)
+    return params
+
+
+def best_params(best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial as params of the sweep parent run (`best.<key>` for each searched key, its trial and
+    run, the epochs it ran); its metrics go to the parent as `best/<metric>`. Logged once, when the sweep is
+    complete: MLflow params cannot change, and an interrupted sweep's best may still change on resume."""
+    return {**{f"best.{key}": value for key, value in best["params"].items()}, "best.trial_id": best["trial_id"],
+            "best.run_id": best.get("run_id", ""), "best.epochs": best["epochs"]}
+
+
+def sweep_description(name: str, trials: list[dict], best: dict | None, space: SweepSpace, max_epochs: int) -> str:
+    """The sweep parent run's MLflow description (markdown): how its trials ended, the best trial, and the
+    search space beside the best trial's values."""
+    ended = {"ran all epochs": 0, "stopped early by ASHA": 0, "failed": 0, "interrupted": 0}
+    for trial in trials:
+        status = trial["status"]
+        key = ("failed" if status == "ERROR" else "interrupted" if status != "TERMINATED"
+               else "ran all epochs" if trial["epochs"] >= max_epochs else "stopped early by ASHA")
+        ended[key] += 1
+    counts = ", ".join(f"{n} {what}" for what, n in ended.items() if n)
+    lines = [f"**Sweep {name}**: {space.objective} ({space.mode} {space.metric}), {len(trials)} of "
+             f"{space.num_samples} trials, up to {max_epochs} epochs each ({counts or 'none ran'}).", ""]
+    if best is not None:
+        value = best["metrics"].get(space.metric)
+        shown = "-" if value is None else f"{value:.4f}"
+        lines += [f"Best trial `{best['trial_id']}`: {space.metric} **{shown}** at epoch {best['epochs']} of "
+                  f"{max_epochs} (run `{best.get('run_id', '')}`).", ""]
+    lines += ["| searched key | distribution | best trial |", "|---|---|---|"]
+    for key, dist in space.space.items():
+        value = best["params"].get(key) if best is not None else None
+        lines.append(f"| {key} | {dist.kind} {json.dumps(dist.value)} | {'-' if value is None else _short(value)} |")
+    return "\n".join(lines) + "\n"
