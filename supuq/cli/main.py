@@ -95,15 +95,30 @@ def ui(
     port: int = typer.Option(5000, help="Port (1-65535)."),
     host: str = typer.Option("127.0.0.1", help="Interface; keep 127.0.0.1 unless the UI is behind authentication."),
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
+    print_links: bool = typer.Option(False, "--print-links", help="Only print each experiment's runs-table URL "
+                                     "for a UI on --host/--port, and how to start it; starts no server."),
 ) -> None:
     """Start the MLflow UI on the local store and print each experiment's runs-table URL (Ctrl-C stops it)."""
     from ..tracking.server import serve_ui, stop_server, ui_links
 
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    if print_links:
+        from ..tracking import open_store
+
+        uri = open_store(tracking_uri)
+        links = ui_links(uri, base)
+        start = " ".join(["supuq ui", *([f"--host {host}"] if host != "127.0.0.1" else []),
+                          *([f"--port {port}"] if port != 5000 else []),
+                          *([f"--tracking-uri {tracking_uri}"] if tracking_uri else [])])
+        console.print(f"browse the runs with `{start}`, then open:" if links else
+                      f"no supuq experiment in {uri} yet", soft_wrap=True, highlight=False)
+        for name, url in links:
+            console.print(f"  {name}: {url}", soft_wrap=True, highlight=False)
+        return
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[bold yellow]warning:[/] the MLflow UI has no authentication: on {host} anyone who can "
                           "reach this machine can read, change and delete every run", highlight=False, soft_wrap=True)
     proc = serve_ui(tracking_uri, host=host, port=port)
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     with ended_by_signals():
         try:
             console.print(f"MLflow UI on {base}  (store {proc.store_uri}); Ctrl-C to stop", soft_wrap=True,

@@ -21,22 +21,31 @@ TRIAL_TAG = "supuq.trial_id"
 
 
 class TrialProgress(Callback):
-    """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
-    driver-side callback hooks; replaces Tune's verbose tables.
+    """A rich progress bar over trials (finished / total, elapsed, ETA, each running trial's epochs, best
+    metric so far), fed by Tune's driver-side callback hooks; replaces Tune's verbose tables.
+
+    The bar counts a running trial's epochs as a fraction of a trial (3 of 6 epochs: half a trial done), so it
+    moves while trials train and the ETA (rich's, from the mean rate so far) is in epochs: it assumes the trials
+    still to come run all `max_epochs`, so ASHA's early stops make the sweep end sooner than it says.
 
     "Best" is the best trial by `selection.best_row` over each trial's last reported value and epoch, the
     rule best.yaml and `supuq best` use, so the bar ends on their number (not on the best value any trial
     reached at any epoch). Until a trial has run all `max_epochs`, it is the best last value so far, marked so."""
 
+    SHOWN_RUNNING = 4  # trials listed with their epochs; more are counted (a cluster may run dozens at once)
+
     def __init__(self, total: int, metric: str, mode: str, max_epochs: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         super().__init__()
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.last: dict[str, dict[str, Any]] = {}  # trial id -> its row: trial_id, {metric: last value}, epochs
-        self.running: set[str] = set()
-        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.fields[info]}"))
+        self.running: dict[str, int] = {}  # running trial id -> epochs it reached
+        self.ended = 0
+        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                             TextColumn("{task.fields[info]}"), speed_estimate_period=7 * 24 * 3600.0)
         self._task = self._bar.add_task("trials", total=total, info="")
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
@@ -58,32 +67,54 @@ class TrialProgress(Callback):
         row, full = best_row(list(self.last.values()), self.metric, self.mode, self.max_epochs)
         return (None if row is None else row["metrics"][self.metric]), full
 
-    def _show(self, advance: int = 0) -> None:
-        if self._bar is None:
-            return
+    def done(self) -> float:
+        """Trials done, a running trial counting as the fraction of `max_epochs` it has run."""
+        return self.ended + sum(min(e, self.max_epochs) for e in self.running.values()) / max(self.max_epochs, 1)
+
+    def info(self) -> str:
+        """The text after the bar: "best val/ged 0.2817 | 00003 4/6, 00004 1/6"."""
         value, full = self.best()
         best = "-" if value is None else f"{value:.4f}"
         if value is not None and not full:
             best += f" (no trial at {self.max_epochs} epochs yet)"
-        self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
+        shown = [f"{_short_trial(tid)} {epochs}/{self.max_epochs}"
+                 for tid, epochs in sorted(self.running.items())[: self.SHOWN_RUNNING]]
+        if len(self.running) > self.SHOWN_RUNNING:
+            shown.append(f"+{len(self.running) - self.SHOWN_RUNNING} more")
+        return f"best {self.metric} {best}" + (f" | {', '.join(shown)}" if shown else "")
+
+    def _show(self) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done(), info=self.info())
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
+        self.running.setdefault(trial.trial_id, 0)
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.metric in result:  # every Tune report is a validation epoch (sweep.trainable)
+            epochs = int(result.get("epoch", 0))
             self.last[trial.trial_id] = {"trial_id": trial.trial_id, "metrics": {self.metric: result[self.metric]},
-                                         "epochs": int(result.get("epoch", 0))}
+                                         "epochs": epochs}
+            if trial.trial_id in self.running:
+                self.running[trial.trial_id] = epochs
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
+        self._end(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
+        self._end(trial)
+
+    def _end(self, trial) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.ended += 1
+        self._show()
+
+
+def _short_trial(trial_id: str) -> str:
+    """Ray's trial ids are `<experiment>_<number>`: the number tells a sweep's trials apart."""
+    return trial_id.rsplit("_", 1)[-1]
 
 
 def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
