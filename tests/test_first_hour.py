@@ -31,6 +31,7 @@ from supuq.sweep.driver import SweepOptions, run_sweep
 from supuq.sweep.results import TrialProgress
 from supuq.workflows.retrain import EpochCounter, retrain
 from supuq.workflows.single import reevaluate
+from supuq.workflows.tables import to_markdown
 
 from .conftest import ROOT, TINY_OVERRIDES
 
@@ -87,13 +88,14 @@ def test_retrain_progress_moves_by_epochs_and_its_runs_read_well(tmp_path, monke
     calls = []
     outcome = retrain(None, cfg, uri, seeds=2, samples=4, parallel=False, out_root=tmp_path / "retrain",
                       progress=lambda *args: calls.append(args))
-    # 2 seeds x 2 epochs: the bar moves after every epoch, before any job has ended
-    assert calls[0] == (1, 4, 0, 2) and calls[-1] == (4, 4, 2, 2)
+    # 2 seeds x 2 epochs: the bar starts at 0 and moves after every epoch, before any job has ended
+    assert calls[:2] == [(0, 4, 0, 2), (1, 4, 0, 2)] and calls[-1] == (4, 4, 2, 2)
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
 
     parent = tracking.get_run(uri, outcome.parent_run_id)
-    assert parent.data.tags["mlflow.note.content"] == outcome.table
-    assert "| Ours" in outcome.table  # the Table 2/3 markdown itself
+    description = parent.data.tags["mlflow.note.content"]
+    assert description == to_markdown(outcome.tables, level=3) and description.startswith("### Results on synthetic")
+    assert "| Ours" in description and "#### Table 2: GED" in description  # the Table 2/3 markdown itself
     seeds = tracking.child_runs(uri, outcome.parent_run_id)
     assert len(seeds) == 2
     for run in seeds:
@@ -117,10 +119,10 @@ def test_sweep_bar_shows_each_running_trials_epochs():
     bar.on_trial_result(0, [], SimpleNamespace(trial_id="exp_00000"), {"val/ged": 0.5, "epoch": 3})
     bar.on_trial_result(0, [], SimpleNamespace(trial_id="exp_00001"), {"val/ged": 0.6, "epoch": 1})
     assert bar.done() == pytest.approx(1.0)  # 3/4 + 1/4 of a trial
-    assert bar.info() == "best val/ged 0.5000 (no trial at 4 epochs yet) | 00000 3/4, 00001 1/4"
+    assert bar.info() == ["best val/ged 0.5000 (no trial at 4 epochs yet)", "running 00000 3/4, 00001 1/4"]
     bar.on_trial_result(0, [], SimpleNamespace(trial_id="exp_00000"), {"val/ged": 0.4, "epoch": 4})
     bar.on_trial_complete(0, [], SimpleNamespace(trial_id="exp_00000"))
-    assert bar.done() == pytest.approx(1.25) and bar.info() == "best val/ged 0.4000 | 00001 1/4"
+    assert bar.done() == pytest.approx(1.25) and bar.info() == ["best val/ged 0.4000", "running 00001 1/4"]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from rich.progress import Progress
+from rich.text import Text
 
 from .selection import best_row
 from .space import SweepSpace
@@ -35,18 +37,17 @@ class TrialProgress(Callback):
     SHOWN_RUNNING = 4  # trials listed with their epochs; more are counted (a cluster may run dozens at once)
 
     def __init__(self, total: int, metric: str, mode: str, max_epochs: int):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         super().__init__()
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.last: dict[str, dict[str, Any]] = {}  # trial id -> its row: trial_id, {metric: last value}, epochs
         self.running: dict[str, int] = {}  # running trial id -> epochs it reached
         self.ended = 0
-        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                             TextColumn("{task.fields[info]}"), speed_estimate_period=7 * 24 * 3600.0)
-        self._task = self._bar.add_task("trials", total=total, info="")
+        self._bar = _LinesBelow(TextColumn("[bold]trials"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                speed_estimate_period=7 * 24 * 3600.0)
+        self._task = self._bar.add_task("trials", total=total)
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
         return {k: v for k, v in self.__dict__.items() if k not in ("_bar", "_task")}
@@ -71,8 +72,9 @@ class TrialProgress(Callback):
         """Trials done, a running trial counting as the fraction of `max_epochs` it has run."""
         return self.ended + sum(min(e, self.max_epochs) for e in self.running.values()) / max(self.max_epochs, 1)
 
-    def info(self) -> str:
-        """The text after the bar: "best val/ged 0.2817 | 00003 4/6, 00004 1/6"."""
+    def info(self) -> list[str]:
+        """The lines under the bar: "best val/ged 0.2817" (marked while no trial ran all epochs) and
+        "running 00003 4/6, 00004 1/6" (each running trial's epochs); one short line each, for 80 columns."""
         value, full = self.best()
         best = "-" if value is None else f"{value:.4f}"
         if value is not None and not full:
@@ -81,11 +83,12 @@ class TrialProgress(Callback):
                  for tid, epochs in sorted(self.running.items())[: self.SHOWN_RUNNING]]
         if len(self.running) > self.SHOWN_RUNNING:
             shown.append(f"+{len(self.running) - self.SHOWN_RUNNING} more")
-        return f"best {self.metric} {best}" + (f" | {', '.join(shown)}" if shown else "")
+        return [f"best {self.metric} {best}"] + ([f"running {', '.join(shown)}"] if shown else [])
 
     def _show(self) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.done(), info=self.info())
+            self._bar.lines = self.info()
+            self._bar.update(self._task, completed=self.done())
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running.setdefault(trial.trial_id, 0)
@@ -110,6 +113,18 @@ class TrialProgress(Callback):
         self.running.pop(trial.trial_id, None)
         self.ended += 1
         self._show()
+
+
+class _LinesBelow(Progress):
+    """A rich Progress that draws `lines` (plain text, one per line, cut with an ellipsis rather than wrapped)
+    under its bar: the bar's own row stays short enough for an 80-column terminal whatever the lines say."""
+
+    lines: list[str] = []
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for line in self.lines:
+            yield Text(line, overflow="ellipsis", no_wrap=True)
 
 
 def _short_trial(trial_id: str) -> str:

@@ -129,8 +129,9 @@ def retrain(
         for method, stats in summary.items():
             parent.log_metrics({f"{method}/{k}": v for k, v in stats.items()}, step=0)
         parent.log_text(table, "results.md")
-        # The run page's description: the tables themselves, where a reader of the MLflow UI looks first.
-        parent.set_tags({"mlflow.note.content": table})
+        # The run page's description: the tables themselves, where a reader of the MLflow UI looks first
+        # (headings from level 3: the page's own title stays the largest text on it).
+        parent.set_tags({"mlflow.note.content": to_markdown(tables, level=3)})
         parent.log_text(json.dumps({"summary": summary, "per_seed": per_seed, "ncc_common": common, "scale": scale},
                                    indent=2), "results.json")
         parent_id = parent.run_id
@@ -156,12 +157,12 @@ class EpochCounter:
 
     def epoch_done(self, name: str, epoch: int) -> None:
         self.reached[name] = max(self.reached[name], min(epoch, self.epochs[name]))
-        self._show()
+        self.show()
 
     def job_done(self, name: str) -> None:
         self.jobs_done += 1
         self.reached[name] = self.epochs[name]
-        self._show()
+        self.show()
 
     def poll(self) -> None:
         client = tracking.client_for(self.uri)
@@ -171,9 +172,9 @@ class EpochCounter:
                 steps = client.get_metric_history(run.info.run_id, "train/total")
                 self.reached[name] = max(self.reached[name], min(max((m.step for m in steps), default=0),
                                                                  self.epochs[name]))
-        self._show()
+        self.show()
 
-    def _show(self) -> None:
+    def show(self) -> None:
         if self.progress is not None:
             self.progress(sum(self.reached.values()), sum(self.epochs.values()), self.jobs_done, len(self.epochs))
 
@@ -185,6 +186,7 @@ def _job_name(job: tuple) -> str:
 
 def _run_jobs(jobs: list[tuple], parallel: bool, counter: EpochCounter) -> list[dict[str, Any]]:
     """Run retrain jobs as Ray tasks (1 CPU each) when `parallel`, else one after another."""
+    counter.show()  # 0 of all epochs, before Ray's start-up
     if not parallel:
         out = []
         for job in jobs:
