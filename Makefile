@@ -25,7 +25,7 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/supuq sweep --dataset synthetic
 	$(BIN)/supuq best --dataset synthetic --retrain --baselines --seeds 3 --report runs/report.html
-	@echo "browse every trial and seed with: $(BIN)/supuq ui   (http://127.0.0.1:5000)"
+	@$(BIN)/supuq ui --print-links
 
 bench: $(VENV)/.installed
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

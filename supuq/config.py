@@ -154,7 +154,8 @@ class TrainConfig(_Strict):
         "auto", description="NHWC convolutions; auto: on the CPU (a step 6-17% faster there, bench/README.md), off on CUDA"
     )
     augment: AugmentConfig = AugmentConfig()
-    train_on_val: bool = Field(False, description="train on train+val (final retrain); validation still reported")
+    train_on_val: bool = Field(False, description="train on train+val (final retrain); the validation images are "
+                               "still scored every val_every epochs, as trainval/* (they are training images then)")
     max_steps_per_epoch: int | None = Field(None, ge=1)
     inject_nan_at_epoch: int | None = Field(None, ge=1, description="testing only: make the loss NaN at this epoch")
 

@@ -10,6 +10,7 @@ default 16). Work is batched over images and only per-image summaries are kept, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -23,6 +24,13 @@ from .models.registry import sampling_grid
 from .sampling import binarize, decompose, grader_mean, grader_variance
 
 SPLITS = ("train", "val", "test", "all")
+SETUP_KEYS = ("n_images", "weight_samples", "latent_samples")
+"""What an evaluation ran on rather than what it measured: params or tags in MLflow, not metric charts."""
+EVAL_SEED = 0
+"""The sampling seed of a test evaluation unless one is given, so that evaluating a model twice (`supuq train`'s
+test numbers, then `supuq evaluate` on its checkpoint) gives the same numbers."""
+Progress = Callable[[int, int], None]
+"""progress(images evaluated, images in all), called after each batch."""
 
 
 @dataclass
@@ -55,6 +63,14 @@ class EvalResult:
         scalars = {k: v for k, v in asdict(self).items() if k not in skip and v is not None}
         return {f"{prefix}{k}": float(v) for k, v in scalars.items()}
 
+    def measured(self, prefix: str = "test/") -> dict[str, float]:
+        """`as_dict` less `SETUP_KEYS`: the values worth a metric chart."""
+        return {k: v for k, v in self.as_dict(prefix).items() if k[len(prefix):] not in SETUP_KEYS}
+
+    def setup(self) -> dict[str, int]:
+        """`SETUP_KEYS`: the images evaluated and the M x K sample grid."""
+        return {key: int(getattr(self, key)) for key in SETUP_KEYS}
+
 
 def evaluate(
     model: torch.nn.Module,
@@ -65,13 +81,16 @@ def evaluate(
     batch_size: int = 32,
     device: str | torch.device | None = None,
     data_cfg: DataConfig | None = None,
+    seed: int | None = EVAL_SEED,
+    progress: Progress | None = None,
 ) -> EvalResult:
     """Evaluate on a named split of `data` (split rebuilt by `splits.dataset_split` from `data_cfg`'s seed,
     fractions and mode and the cache's split rule).
 
     `model` is a supuq network (its `model_cfg` names the method). It draws weight_samples * latent_samples
     samples per image on its method's grid (`sampling_grid`: Kohl draws 1 x all of them), so every method is
-    scored on the same number of samples.
+    scored on the same number of samples. The samples are drawn from torch's generator seeded with `seed`
+    (None: its current state), forked so that the caller's random state is left as it was.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -83,7 +102,11 @@ def evaluate(
         index = getattr(parts, split)
     weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device)
+    if seed is None:
+        return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device, progress)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device, progress)
 
 
 @torch.no_grad()
@@ -103,8 +126,10 @@ def evaluate_indices(
     latent_samples: int,
     batch_size: int,
     device: torch.device,
+    progress: Progress | None = None,
 ) -> EvalResult:
-    """Metrics over the images `index` of `data` with an M x K sample grid."""
+    """Metrics over the images `index` of `data` with an M x K sample grid; `progress(done, total)` after each
+    batch of images."""
     was_training = model.training
     index = np.sort(np.asarray(index))
     rows: dict[str, list[np.ndarray]] = {}
@@ -122,6 +147,8 @@ def evaluate_indices(
             per.pop("_aleatoric_map")
         _append(rows, per)
         calibration.add(per_pixel_pm(logits), grader_mean(y.float()))
+        if progress is not None:
+            progress(start + len(batch), len(index))
     model.train(was_training)
     per_image = {k: np.concatenate(v) for k, v in rows.items()}
     summary = summarize_ncc(torch.from_numpy(per_image["ncc"]))

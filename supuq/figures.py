@@ -181,12 +181,14 @@ def curves_figure(history: list[dict[str, float]], out: str | Path, title: str =
     left.set_xlabel("epoch")
     left.set_title("training loss terms (per batch)")
     left.legend(fontsize=7)
-    for key in ("val/ged", "val/ncc", "val/ncc_true", "val/diversity"):
+    # A retrain (train.train_on_val) reports its validation images as trainval/: they are training images.
+    prefix = "trainval/" if any("trainval/ged" in row for row in history) else "val/"
+    for key in (f"{prefix}ged", f"{prefix}ncc", f"{prefix}ncc_true", f"{prefix}diversity"):
         points = [(row["epoch"], row[key]) for row in history if key in row]
         if points:
             right.plot(*zip(*points), marker="o", ms=3, label=key)
     right.set_xlabel("epoch")
-    right.set_title("validation")
+    right.set_title("validation" if prefix == "val/" else "validation images (trained on: train+val)")
     right.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)

@@ -74,6 +74,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def validation_prefix(cfg: Config) -> str:
+    """The metric prefix of the per-epoch validation: `val/`, or `trainval/` for a run that trains on train+val
+    (`train.train_on_val`, the final retrain), whose "validation" images are training images: its curves are a
+    fit to data the model saw, and are named so."""
+    return "trainval/" if cfg.train.train_on_val else "val/"
+
+
 def training_indices(split: Split, cfg: Config) -> np.ndarray:
     """Train split, plus validation for a final retrain (`train.train_on_val`)."""
     if cfg.train.train_on_val:
@@ -138,9 +145,10 @@ def fit(
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     val_idx = split.val if len(split.val) else split.train[: cfg.eval.batch_size]
+    val_prefix = validation_prefix(cfg)
     show = progress and not getattr(reporter, "quiet", False)
 
-    with _progress(show, cfg.train.epochs, start_epoch) as advance:
+    with _progress(show, cfg.train.epochs, start_epoch, val_prefix) as advance:
         for epoch in range(start_epoch + 1, cfg.train.epochs + 1):
             model.train()
             order = torch.randperm(n_train, generator=shuffle).to(device)
@@ -167,7 +175,7 @@ def fit(
             if validate:
                 m, k = sampling_grid(cfg.model, cfg.eval.val_samples, cfg.eval.weight_samples)
                 val = evaluate_indices(model, data, val_idx, m, k, cfg.eval.batch_size, device)
-                metrics.update(val.as_dict("val/"))
+                metrics.update(val.measured(val_prefix))  # the image count and sample grid are in the config
             history.append({"epoch": float(epoch), **metrics})
 
             saved = None
@@ -210,7 +218,7 @@ def _restore_rng(rng: dict[str, Any], shuffle: torch.Generator) -> None:
 
 
 @contextlib.contextmanager
-def _progress(enabled: bool, epochs: int, done: int):
+def _progress(enabled: bool, epochs: int, done: int, val_prefix: str = "val/"):
     """Yields advance(epoch, metrics); a rich progress bar when enabled, a no-op otherwise."""
     if not enabled:
         yield lambda epoch, metrics: None
@@ -222,7 +230,7 @@ def _progress(enabled: bool, epochs: int, done: int):
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TextColumn("loss {task.fields[loss]}  val GED {task.fields[ged]}"),
+        TextColumn(f"loss {{task.fields[loss]}}  {val_prefix}ged {{task.fields[ged]}}"),
     ]
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("train", total=epochs, completed=done, loss="-", ged="-")
@@ -230,8 +238,8 @@ def _progress(enabled: bool, epochs: int, done: int):
 
         def advance(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal last_ged
-            if "val/ged" in metrics:
-                last_ged = f"{metrics['val/ged']:.3f}"
+            if f"{val_prefix}ged" in metrics:
+                last_ged = f"{metrics[val_prefix + 'ged']:.3f}"
             bar.update(task, completed=epoch, loss=f"{metrics['train/total']:.1f}", ged=last_ged)
 
         yield advance

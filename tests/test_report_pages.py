@@ -61,7 +61,7 @@ def test_seed_runs_log_per_image_metrics_and_panel_maps(store):
     for child in store["children"]:
         ev, maps = store["evals"][child.info.run_id], store["panels"][child.info.run_id]
         per = ev["per_image"]
-        n = int(child.data.metrics["test/n_images"])
+        n = int(child.data.tags["test/n_images"])  # bookkeeping: a tag, not a metric chart
         assert len(per["index"]) == len(per["ged"]) == len(per["ncc"]) == n
         assert per["index"] == sorted(per["index"])
         # the per-image values are the ones the run's test metrics average

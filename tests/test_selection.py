@@ -16,7 +16,7 @@ from supuq import tracking
 from supuq.cli import app
 from supuq.config import load_config
 from supuq.report import write_report
-from supuq.sweep.results import TrialProgress
+from supuq.sweep.results import TrialProgress, finalize_child_runs
 from supuq.sweep.selection import (
     best_of_sweep,
     best_row,
@@ -35,7 +35,7 @@ EPOCHS = 4
 # trial id -> (val/ged per validation epoch, val/ncc at the last one, how it ended)
 TRIALS = {
     "aaa": ([0.60, 0.50, 0.45, 0.40], 0.30, "FINISHED"),  # full length, best last value: the one to pick
-    "bbb": ([0.40, 0.30], 0.90, "KILLED"),  # stopped by ASHA at epoch 2 with the best (early) value
+    "bbb": ([0.40, 0.30], 0.90, "ASHA"),  # stopped by ASHA at epoch 2 with the best (early) value: FINISHED
     "ccc": ([0.50, 0.35, 0.41, 0.42], 0.50, "FINISHED"),  # full length, best value once (0.35), not at its end
     "ddd": ([0.55, math.nan, math.nan, math.nan], 0.20, "FINISHED"),  # NaN at the end never wins
 }
@@ -105,9 +105,9 @@ def store(tmp_path_factory):
                     run.log_metrics({"train/total": 1.0 / epoch, "val/ged": ged, "val/ncc": ncc if last else 0.0},
                                     step=epoch)
                 names[tid] = run.run_id
-            if status == "KILLED":
-                tracking.end_run(uri, run.run_id, "KILLED",
-                                 {"supuq.stop_reason": f"stopped early by ASHA at epoch {len(geds)} of {EPOCHS}"})
+    # The driver's own closing step: bbb, stopped early, ends FINISHED like the full-length trials (only its
+    # epochs tell them apart), with the tags saying ASHA stopped it.
+    assert finalize_child_runs(uri, parent_id, driver_rows(), EPOCHS, complete=True) == 1
     return {"tmp": tmp, "uri": uri, "parent_id": parent_id, "runs": names}
 
 
@@ -116,6 +116,23 @@ def test_mlflow_rows_are_the_driver_rows(store):
     assert {r["trial_id"]: r["epochs"] for r in rows} == {tid: len(g) for tid, (g, _, _) in TRIALS.items()}
     assert {r["trial_id"]: r["metrics"]["val/ged"] for r in rows if r["trial_id"] != "ddd"} == {
         tid: g[-1] for tid, (g, _, _) in TRIALS.items() if tid != "ddd"}
+
+
+def test_an_asha_stop_ends_finished_saying_who_stopped_it_and_when(store):
+    runs = {r.data.tags["supuq.trial_id"]: r for r in tracking.child_runs(store["uri"], store["parent_id"])}
+    assert {tid: r.info.status for tid, r in runs.items()} == dict.fromkeys(TRIALS, "FINISHED")
+    early = runs["bbb"].data.tags
+    assert early["supuq.stopped_by"] == "asha" and early["supuq.stopped_at_epoch"] == "2"
+    assert early["supuq.stop_reason"] == f"stopped early by ASHA at epoch 2 of {EPOCHS}"
+    assert "supuq.stopped_by" not in runs["aaa"].data.tags
+    # each trial's MLflow description is one line: its last metric, the epochs reached, how it ended
+    assert runs["aaa"].data.tags["mlflow.note.content"] == f"val/ged 0.4000 at epoch {EPOCHS} of {EPOCHS}"
+    assert early["mlflow.note.content"] == (f"val/ged 0.3000 at epoch 2 of {EPOCHS} "
+                                            f"(stopped early by ASHA at epoch 2 of {EPOCHS})")
+    # the report's trials table tells the early stop from a full run, although both are FINISHED
+    page = write_report(store["uri"], "early", store["tmp"] / "outcomes.html", log_artifact=False).path.read_text()
+    row = next(line for line in page.split("<tr>") if "trial_main_bbb" in line)
+    assert "stopped early by ASHA" in row and "ran all epochs" not in row
 
 
 def test_every_entry_point_picks_the_full_length_trial(store):

@@ -69,15 +69,45 @@ def load(config: Optional[Path], overrides: list[str], dataset: Optional[str] = 
     return load_config(config if config is not None else registry_entry("synthetic").config_path(), overrides)
 
 
-def progress_bar(label: str):
-    """A rich progress bar yielding progress(done, total)."""
+def progress_bar(label: str, eta: bool = False):
+    """A rich progress bar yielding progress(done, total); with `eta`, the time left too."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
 
     @contextlib.contextmanager
     def manager():
-        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        if eta:
+            columns += [TextColumn("ETA"), TimeRemainingColumn()]
+        with Progress(*columns, speed_estimate_period=WHOLE_RUN) as bar:
             task = bar.add_task(label, total=None)
             yield lambda done, total: bar.update(task, completed=done, total=total)
+
+    return manager()
+
+
+WHOLE_RUN = 7 * 24 * 3600.0
+"""rich's speed window for the ETA, in seconds: the whole run's mean rate. rich's default (the last 30 s) has no
+step in it when an epoch takes minutes, and then shows no ETA at all."""
+
+
+def epochs_bar(label: str):
+    """`supuq best --retrain`'s bar: epochs done across all (method, seed) jobs, the jobs done, elapsed time and
+    an ETA from the mean rate so far; yields progress(epochs done, epochs in all, jobs done, jobs in all)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import TimeRemainingColumn
+
+    @contextlib.contextmanager
+    def manager():
+        with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("epochs, runs {task.fields[jobs]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                      TimeRemainingColumn(), speed_estimate_period=WHOLE_RUN) as bar:
+            task = bar.add_task(label, total=None, jobs="-")
+
+            def show(epochs: int, total: int, jobs: int, all_jobs: int) -> None:
+                bar.update(task, completed=epochs, total=total, jobs=f"{jobs}/{all_jobs}")
+
+            yield show
 
     return manager()
 

@@ -15,7 +15,8 @@ from .. import __version__
 from ..data.registry import names_help
 from ..config import METHODS
 from ..errors import SupuqError
-from .common import app, console, ended_by_signals, err_console, load, progress_bar, user_errors
+from ..evaluate import EVAL_SEED
+from .common import app, console, ended_by_signals, epochs_bar, err_console, load, progress_bar, user_errors
 from .tables import metrics_table, pareto_table, result_tables, sweep_table
 
 def _version(value: bool) -> None:
@@ -69,6 +70,8 @@ def evaluate(
     samples: int = typer.Option(50, help="Samples per image (weight samples x latent samples)."),
     weight_samples: int = typer.Option(5, help="Weight-noise samples M (K = samples / M)."),
     split: str = typer.Option("test", help="train | val | test | all"),
+    seed: int = typer.Option(EVAL_SEED, help="Sampling seed: the same seed gives the same numbers; the default is "
+                             "the one `supuq train` tests with."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI."),
 ) -> None:
     """Re-evaluate a trained model; a run id's metrics are logged back to the same run."""
@@ -79,8 +82,11 @@ def evaluate(
         raise SupuqError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if samples < 2 or weight_samples < 1 or samples % weight_samples:
         raise SupuqError(f"--samples ({samples}) must be >= 2 and a multiple of --weight-samples ({weight_samples})")
-    result, run_id = reevaluate(model, samples, weight_samples, split, tracking_uri)
-    console.print(metrics_table(f"{split} split", {Path(model).name if run_id is None else run_id: result.as_dict("")}))
+    with progress_bar(f"{split} images", eta=True) as progress:
+        done = reevaluate(model, samples, weight_samples, split, tracking_uri, seed=seed, progress=progress)
+    console.print(metrics_table(f"{split} split, seed {seed}", {done.name: done.result.as_dict("")}))
+    if done.run_id:
+        console.print(f"logged back to MLflow run {done.run_id}", highlight=False)
 
 
 @app.command()
@@ -89,15 +95,30 @@ def ui(
     port: int = typer.Option(5000, help="Port (1-65535)."),
     host: str = typer.Option("127.0.0.1", help="Interface; keep 127.0.0.1 unless the UI is behind authentication."),
     tracking_uri: Optional[str] = typer.Option(None, help="Tracking store (default: the local mlflow/ store)."),
+    print_links: bool = typer.Option(False, "--print-links", help="Only print each experiment's runs-table URL "
+                                     "for a UI on --host/--port, and how to start it; starts no server."),
 ) -> None:
     """Start the MLflow UI on the local store and print each experiment's runs-table URL (Ctrl-C stops it)."""
     from ..tracking.server import serve_ui, stop_server, ui_links
 
+    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    if print_links:
+        from ..tracking import open_store
+
+        uri = open_store(tracking_uri)
+        links = ui_links(uri, base)
+        start = " ".join(["supuq ui", *([f"--host {host}"] if host != "127.0.0.1" else []),
+                          *([f"--port {port}"] if port != 5000 else []),
+                          *([f"--tracking-uri {tracking_uri}"] if tracking_uri else [])])
+        console.print(f"browse the runs with `{start}`, then open:" if links else
+                      f"no supuq experiment in {uri} yet", soft_wrap=True, highlight=False)
+        for name, url in links:
+            console.print(f"  {name}: {url}", soft_wrap=True, highlight=False)
+        return
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"[bold yellow]warning:[/] the MLflow UI has no authentication: on {host} anyone who can "
                           "reach this machine can read, change and delete every run", highlight=False, soft_wrap=True)
     proc = serve_ui(tracking_uri, host=host, port=port)
-    base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
     with ended_by_signals():
         try:
             console.print(f"MLflow UI on {base}  (store {proc.store_uri}); Ctrl-C to stop", soft_wrap=True,
@@ -232,7 +253,7 @@ def best(
         if not tuned[method].full_length:
             err_console.print(fallback_note(tuned[method].metric, tuned[method].max_epochs), highlight=False,
                               soft_wrap=True)
-    with progress_bar("retraining (method x seed)") as progress:
+    with epochs_bar("retraining") as progress:
         outcome = run_retrain(found, found.config, uri, seeds, baselines or bool(tuned), samples,
                               parallel=not serial, progress=progress, tuned=tuned)
     console.print(result_tables(outcome.tables))

@@ -72,12 +72,13 @@ def sweep_sections(uri: str, run, work: Path) -> list[str]:
 
 
 def _outcome(row: dict) -> str:
+    # An ASHA stop ends FINISHED (stores written before that: KILLED): the stop reason tells it apart.
+    if row["stop_reason"].startswith("stopped early"):
+        return "stopped early by ASHA"
     if row["status"] == "FINISHED":
         return "ran all epochs"
     if row["status"] == "FAILED":
         return "failed"
-    if row["stop_reason"].startswith("stopped early"):
-        return "stopped early by ASHA"
     return "interrupted / never ran"
 
 

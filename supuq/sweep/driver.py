@@ -27,7 +27,8 @@ from ..config import Config, dump_config, validate_config
 from ..data.registry import dataset as registry_entry, load_dataset_config
 from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
-from .results import TrialProgress, finalize_child_runs, summarize_trials
+from .results import (TrialProgress, best_params, finalize_child_runs, space_params, summarize_trials,
+                      sweep_description)
 from .selection import best_row, fallback_note, rank_trials
 from .space import SweepSpace, check_method_keys, load_space, objective_changes
 from .search import NanSafeOptunaSearch, param_space
@@ -196,6 +197,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
             if not opts.resume:
                 parent.log_config(cfg)
+                parent.log_params(space_params(space))
                 parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
             if opts.resume:
                 tuner = tune.Tuner.restore(
@@ -242,7 +244,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             grid = tuner.fit()
             trials = rank_trials(summarize_trials(grid, space), space.metric, space.mode, max_epochs)
             complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
-            stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete)
+            stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete, space.metric)
             best, full_length = best_row(trials, space.metric, space.mode, max_epochs)
             if best is not None and not full_length:
                 say(fallback_note(space.metric, max_epochs))
@@ -254,7 +256,10 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                 parent.set_tags({"supuq.best_trial": best["trial_id"], "supuq.best_run": best.get("run_id", ""),
                                  "supuq.sweep_name": name, "supuq.sweep_path": f"{root}/{name}"})
                 parent.log_metrics({f"best/{k}": v for k, v in best["metrics"].items()}, step=0)
-            parent.set_tags({"supuq.complete": str(complete).lower(), "supuq.asha_stopped": str(stopped)})
+                if complete:
+                    parent.log_params(best_params(best))
+            parent.set_tags({"supuq.complete": str(complete).lower(), "supuq.asha_stopped": str(stopped),
+                             "mlflow.note.content": sweep_description(name, trials, best, space, max_epochs)})
             if not complete:  # the parent run ends KILLED; the CLI prints how to resume
                 finished = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
                 raise SweepInterrupted(name, finished, space.num_samples)

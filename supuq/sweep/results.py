@@ -7,10 +7,13 @@ Driver-side only (the trials themselves run `sweep.trainable.trial_main`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from rich.progress import Progress
+from rich.text import Text
 
 from .selection import best_row
 from .space import SweepSpace
@@ -20,23 +23,31 @@ TRIAL_TAG = "supuq.trial_id"
 
 
 class TrialProgress(Callback):
-    """A rich progress bar over trials (finished / total, running, best metric so far), fed by Tune's
-    driver-side callback hooks; replaces Tune's verbose tables.
+    """A rich progress bar over trials (finished / total, elapsed, ETA, each running trial's epochs, best
+    metric so far), fed by Tune's driver-side callback hooks; replaces Tune's verbose tables.
+
+    The bar counts a running trial's epochs as a fraction of a trial (3 of 6 epochs: half a trial done), so it
+    moves while trials train and the ETA (rich's, from the mean rate so far) is in epochs: it assumes the trials
+    still to come run all `max_epochs`, so ASHA's early stops make the sweep end sooner than it says.
 
     "Best" is the best trial by `selection.best_row` over each trial's last reported value and epoch, the
     rule best.yaml and `supuq best` use, so the bar ends on their number (not on the best value any trial
     reached at any epoch). Until a trial has run all `max_epochs`, it is the best last value so far, marked so."""
 
+    SHOWN_RUNNING = 4  # trials listed with their epochs; more are counted (a cluster may run dozens at once)
+
     def __init__(self, total: int, metric: str, mode: str, max_epochs: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         super().__init__()
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.last: dict[str, dict[str, Any]] = {}  # trial id -> its row: trial_id, {metric: last value}, epochs
-        self.running: set[str] = set()
-        self._bar = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.fields[info]}"))
-        self._task = self._bar.add_task("trials", total=total, info="")
+        self.running: dict[str, int] = {}  # running trial id -> epochs it reached
+        self.ended = 0
+        self._bar = _LinesBelow(TextColumn("[bold]trials"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                speed_estimate_period=7 * 24 * 3600.0)
+        self._task = self._bar.add_task("trials", total=total)
 
     def __getstate__(self):  # Tune pickles its callbacks with the experiment; the live bar stays behind
         return {k: v for k, v in self.__dict__.items() if k not in ("_bar", "_task")}
@@ -57,32 +68,68 @@ class TrialProgress(Callback):
         row, full = best_row(list(self.last.values()), self.metric, self.mode, self.max_epochs)
         return (None if row is None else row["metrics"][self.metric]), full
 
-    def _show(self, advance: int = 0) -> None:
-        if self._bar is None:
-            return
+    def done(self) -> float:
+        """Trials done, a running trial counting as the fraction of `max_epochs` it has run."""
+        return self.ended + sum(min(e, self.max_epochs) for e in self.running.values()) / max(self.max_epochs, 1)
+
+    def info(self) -> list[str]:
+        """The lines under the bar: "best val/ged 0.2817" (marked while no trial ran all epochs) and
+        "running 00003 4/6, 00004 1/6" (each running trial's epochs); one short line each, for 80 columns."""
         value, full = self.best()
         best = "-" if value is None else f"{value:.4f}"
         if value is not None and not full:
             best += f" (no trial at {self.max_epochs} epochs yet)"
-        self._bar.update(self._task, advance=advance, info=f"running {len(self.running)}  best {self.metric} {best}")
+        shown = [f"{_short_trial(tid)} {epochs}/{self.max_epochs}"
+                 for tid, epochs in sorted(self.running.items())[: self.SHOWN_RUNNING]]
+        if len(self.running) > self.SHOWN_RUNNING:
+            shown.append(f"+{len(self.running) - self.SHOWN_RUNNING} more")
+        return [f"best {self.metric} {best}"] + ([f"running {', '.join(shown)}"] if shown else [])
+
+    def _show(self) -> None:
+        if self._bar is not None:
+            self._bar.lines = self.info()
+            self._bar.update(self._task, completed=self.done())
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.running.add(trial.trial_id)
+        self.running.setdefault(trial.trial_id, 0)
         self._show()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.metric in result:  # every Tune report is a validation epoch (sweep.trainable)
+            epochs = int(result.get("epoch", 0))
             self.last[trial.trial_id] = {"trial_id": trial.trial_id, "metrics": {self.metric: result[self.metric]},
-                                         "epochs": int(result.get("epoch", 0))}
+                                         "epochs": epochs}
+            if trial.trial_id in self.running:
+                self.running[trial.trial_id] = epochs
         self._show()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
+        self._end(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.running.discard(trial.trial_id)
-        self._show(advance=1)
+        self._end(trial)
+
+    def _end(self, trial) -> None:
+        self.running.pop(trial.trial_id, None)
+        self.ended += 1
+        self._show()
+
+
+class _LinesBelow(Progress):
+    """A rich Progress that draws `lines` (plain text, one per line, cut with an ellipsis rather than wrapped)
+    under its bar: the bar's own row stays short enough for an 80-column terminal whatever the lines say."""
+
+    lines: list[str] = []
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for line in self.lines:
+            yield Text(line, overflow="ellipsis", no_wrap=True)
+
+
+def _short_trial(trial_id: str) -> str:
+    """Ray's trial ids are `<experiment>_<number>`: the number tells a sweep's trials apart."""
+    return trial_id.rsplit("_", 1)[-1]
 
 
 def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
@@ -110,11 +157,19 @@ def _trial_id_from_path(path: str | None) -> str:
     return Path(path).name.split("_")[1] if path and "_" in Path(path).name else ""
 
 
-def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool) -> int:
+STOP_TAGS = ("supuq.stop_reason", "supuq.stopped_by", "supuq.stopped_at_epoch")
+"""The tags saying how a trial's run ended when it did not simply run all its epochs: why, who stopped it
+(asha | error | interrupt) and at which epoch."""
+
+
+def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs: int, complete: bool,
+                        metric: str = "val/ged") -> int:
     """Give every child run the status its trial really ended with, whatever the trial process managed to
-    write before Ray stopped or killed it: all epochs -> FINISHED; stopped by ASHA -> KILLED with a tag
-    saying why; errored (NaN loss, dead worker) -> FAILED; unfinished when the sweep was interrupted ->
-    KILLED (a resume reopens it). Returns how many trials ASHA stopped early."""
+    write before Ray stopped or killed it, and a one-line description (`trial_summary`). All epochs ->
+    FINISHED; stopped by ASHA -> FINISHED too (an early stop is a normal end of a search, not a crash), with
+    tags saying ASHA stopped it and at which epoch; errored (NaN loss, dead worker) -> FAILED; unfinished
+    when the sweep was interrupted -> KILLED (a resume reopens it). FINISHED therefore does not mean "ran
+    all epochs": `sweep.selection` ranks on the epochs reached. Returns how many trials ASHA stopped early."""
     from .. import tracking
 
     by_trial = {t["trial_id"]: t for t in trials}
@@ -127,18 +182,95 @@ def finalize_child_runs(uri: str, parent_id: str, trials: list[dict], max_epochs
             tracking.archive_run(uri, run.info.run_id, "trial lost with the interrupted driver; re-run after resume")
             continue
         trial["run_id"] = run.info.run_id
-        status, reason = _final_status(trial, max_epochs, complete)
-        stopped += reason.startswith("stopped early")
-        if run.info.status != status or reason:
-            tracking.end_run(uri, run.info.run_id, status, {"supuq.stop_reason": reason} if reason else None)
+        status, stopped_by, reason = final_status(trial, max_epochs, complete)
+        stopped += stopped_by == "asha"
+        tags = {"mlflow.note.content": trial_summary(trial, metric, max_epochs, reason)}
+        if reason:
+            tags.update(zip(STOP_TAGS, (reason, stopped_by, trial["epochs"])))
+        else:  # a resumed trial that now ran all its epochs: the interruption's tags no longer hold
+            client = tracking.client_for(uri)
+            for key in STOP_TAGS:
+                if key in run.data.tags:
+                    client.delete_tag(run.info.run_id, key)
+        tracking.end_run(uri, run.info.run_id, status, tags)
     return stopped
 
 
-def _final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str]:
+def final_status(trial: dict, max_epochs: int, complete: bool) -> tuple[str, str, str]:
+    """(MLflow status, who stopped the trial: "" | asha | error | interrupt, why in words) of a trial row."""
     if trial["status"] == "ERROR":
-        return "FAILED", trial["error"] or "error"
+        return "FAILED", "error", trial["error"] or "error"
     if trial["status"] == "TERMINATED":
         if trial["epochs"] >= max_epochs:
-            return "FINISHED", ""
-        return "KILLED", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
-    return "KILLED", "sweep interrupted; resume with supuq sweep --resume" if not complete else "trial never ran"
+            return "FINISHED", "", ""
+        return "FINISHED", "asha", f"stopped early by ASHA at epoch {trial['epochs']} of {max_epochs}"
+    if complete:
+        return "KILLED", "interrupt", "trial never ran"
+    return "KILLED", "interrupt", "sweep interrupted; resume with supuq sweep --resume"
+
+
+def trial_summary(trial: dict, metric: str, max_epochs: int, reason: str = "") -> str:
+    """One line for a trial run's MLflow description: its searched params, its last `metric` and the epochs
+    it reached, and how it ended when it did not run all epochs; params only while it has no result yet.
+    E.g. "beta=0.31 gamma=12.4 lr=0.00042; val/ged 0.2817 at epoch 6 of 6"."""
+    params = " ".join(f"{key.split('.')[-1]}={_short(value)}" for key, value in trial.get("params", {}).items())
+    value = trial.get("metrics", {}).get(metric)
+    if value is None:
+        return params
+    result = f"{metric} {value:.4f} at epoch {trial['epochs']} of {max_epochs}" + (f" ({reason})" if reason else "")
+    return f"{params}; {result}" if params else result
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ------------------------------------------------------------------------------------------------- the parent run
+
+
+def space_params(space: SweepSpace) -> dict[str, str]:
+    """The sweep parent run's params that describe the search, beside the base config's own keys (which hold
+    the first point's values): `space.<key>` -> e.g. "loguniform [0.001, 10.0]" for each searched key, and
+    the objective, trial count and scheduler as `sweep.*`."""
+    params = {f"space.{key}": f"{dist.kind} {json.dumps(dist.value)}" for key, dist in space.space.items()}
+    params.update({
+        "sweep.objective": space.objective, "sweep.metric": space.metric, "sweep.mode": space.mode,
+        "sweep.num_samples": str(space.num_samples), "sweep.max_concurrent": str(space.max_concurrent),
+        "sweep.scheduler": space.scheduler.type,
+    })
+    if space.scheduler.type == "asha":
+        params["sweep.grace_period"] = str(space.scheduler.grace_period)
+        params["sweep.reduction_factor"] = str(space.scheduler.reduction_factor)
+    return params
+
+
+def best_params(best: dict[str, Any]) -> dict[str, Any]:
+    """The best trial as params of the sweep parent run (`best.<key>` for each searched key, its trial and
+    run, the epochs it ran); its metrics go to the parent as `best/<metric>`. Logged once, when the sweep is
+    complete: MLflow params cannot change, and an interrupted sweep's best may still change on resume."""
+    return {**{f"best.{key}": value for key, value in best["params"].items()}, "best.trial_id": best["trial_id"],
+            "best.run_id": best.get("run_id", ""), "best.epochs": best["epochs"]}
+
+
+def sweep_description(name: str, trials: list[dict], best: dict | None, space: SweepSpace, max_epochs: int) -> str:
+    """The sweep parent run's MLflow description (markdown): how its trials ended, the best trial, and the
+    search space beside the best trial's values."""
+    ended = {"ran all epochs": 0, "stopped early by ASHA": 0, "failed": 0, "interrupted": 0}
+    for trial in trials:
+        status = trial["status"]
+        key = ("failed" if status == "ERROR" else "interrupted" if status != "TERMINATED"
+               else "ran all epochs" if trial["epochs"] >= max_epochs else "stopped early by ASHA")
+        ended[key] += 1
+    counts = ", ".join(f"{n} {what}" for what, n in ended.items() if n)
+    lines = [f"**Sweep {name}**: {space.objective} ({space.mode} {space.metric}), {len(trials)} of "
+             f"{space.num_samples} trials, up to {max_epochs} epochs each ({counts or 'none ran'}).", ""]
+    if best is not None:
+        value = best["metrics"].get(space.metric)
+        shown = "-" if value is None else f"{value:.4f}"
+        lines += [f"Best trial `{best['trial_id']}`: {space.metric} **{shown}** at epoch {best['epochs']} of "
+                  f"{max_epochs} (run `{best.get('run_id', '')}`).", ""]
+    lines += ["| searched key | distribution | best trial |", "|---|---|---|"]
+    for key, dist in space.space.items():
+        value = best["params"].get(key) if best is not None else None
+        lines.append(f"| {key} | {dist.kind} {json.dumps(dist.value)} | {'-' if value is None else _short(value)} |")
+    return "\n".join(lines) + "\n"

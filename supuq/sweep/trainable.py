@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, validate_config
-from .results import TRIAL_TAG
+from .results import TRIAL_TAG, trial_summary
 
 def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str) -> None:
     """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`."""
@@ -50,6 +50,8 @@ def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, par
         )
         if run_id is None:
             run.log_config(cfg)
+            # The UI's description until the driver writes the trial's result there (finalize_child_runs).
+            run.set_tags({"mlflow.note.content": trial_summary({"params": params}, "", cfg.train.epochs)})
         # The worker process too: with reuse_actors one process runs trial after trial (same pid on several runs).
         run.set_tags({"supuq.config": json.dumps(cfg.model_dump(mode="json")), "supuq.worker_pid": os.getpid()})
         log = tracking.MlflowReporter(run, quiet=True)

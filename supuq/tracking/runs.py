@@ -66,6 +66,14 @@ class TrackedRun:
             self.client.log_batch(self.run_id, params=params[start : start + _MAX_PARAMS_PER_BATCH])
         self.log_text(dump_config(cfg), "config.yaml")
 
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (written as `_param_value` does) in batches of 100; MLflow refuses to change one."""
+        from mlflow.entities import Param
+
+        items = [Param(str(key), _param_value(value)) for key, value in params.items()]
+        for start in range(0, len(items), _MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + _MAX_PARAMS_PER_BATCH])
+
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log a dict of scalars at `step` in as few requests as possible (one per 1000 metrics).
 

@@ -61,8 +61,9 @@ def retrain_configs(
     return configs
 
 
-def _train_one(cfg_json: str, uri: str, parent_id: str, out_dir: str) -> dict[str, Any]:
-    """One retrain child run (a Ray task or a plain call): returns the test metrics and per-image NCCs."""
+def _train_one(cfg_json: str, uri: str, parent_id: str, out_dir: str, on_epoch=None) -> dict[str, Any]:
+    """One retrain child run (a Ray task or a plain call): returns the test metrics and per-image NCCs.
+    `on_epoch(epoch)` after each logged epoch (the serial retrain's progress)."""
     import torch
 
     from .single import train_and_evaluate
@@ -72,6 +73,7 @@ def _train_one(cfg_json: str, uri: str, parent_id: str, out_dir: str) -> dict[st
     outcome = train_and_evaluate(
         cfg, uri, track=True, out_dir=out_dir, parent_run_id=parent_id,
         run_name=f"{cfg.model.method}-seed{cfg.train.seed}", extra_tags={"supuq.kind": "retrain-seed"},
+        on_epoch=on_epoch,
     )
     return {
         "method": cfg.model.method, "seed": cfg.train.seed, "run_id": outcome.run_id,
@@ -92,7 +94,9 @@ def retrain(
     progress=None,
     tuned: dict[str, BestTrial] | None = None,
 ) -> RetrainOutcome:
-    """Retrain `cfg` (the best config) over `seeds` seeds (and the baselines), log and tabulate."""
+    """Retrain `cfg` (the best config) over `seeds` seeds (and the baselines), log and tabulate.
+
+    `progress(epochs done, epochs in all, jobs done, jobs in all)` as training goes (`EpochCounter`)."""
     started = time.perf_counter()
     experiment = tracking.experiment_name(cfg.data.dataset)
     tracking.init_store(uri, experiment)
@@ -112,7 +116,9 @@ def retrain(
         parent.log_text(dump_config(cfg), "best_config.yaml")
         jobs = [(json.dumps(c.model_dump(mode="json")), uri, parent.run_id,
                  str(out_root / f"{c.model.method}-seed{c.train.seed}")) for c in configs]
-        results = _run_jobs(jobs, parallel, progress)
+        counter = EpochCounter(uri, parent.run_id, {f"{c.model.method}-seed{c.train.seed}": c.train.epochs
+                                                    for c in configs}, progress)
+        results = _run_jobs(jobs, parallel, counter)
         per_seed: dict[str, list[dict[str, float]]] = {}
         for row in results:
             per_seed.setdefault(row["method"], []).append(row["metrics"])
@@ -125,20 +131,70 @@ def retrain(
         for method, stats in summary.items():
             parent.log_metrics({f"{method}/{k}": v for k, v in stats.items()}, step=0)
         parent.log_text(table, "results.md")
+        # The run page's description: the tables themselves, where a reader of the MLflow UI looks first
+        # (headings from level 3: the page's own title stays the largest text on it).
+        parent.set_tags({"mlflow.note.content": to_markdown(tables, level=3)})
         parent.log_text(json.dumps({"summary": summary, "per_seed": per_seed, "ncc_common": common, "scale": scale},
                                    indent=2), "results.json")
         parent_id = parent.run_id
     return RetrainOutcome(parent_id, per_seed, table, tables, summary, time.perf_counter() - started)
 
 
-def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any]]:
+POLL_SECONDS = 3.0
+"""How often the parallel retrain reads its seed runs' epochs from MLflow for the progress bar."""
+
+
+class EpochCounter:
+    """The retrain's progress in epochs across all (method, seed) jobs, so that the bar moves with training
+    rather than only when a whole job ends: `progress(epochs done, epochs in all, jobs done, jobs in all)`.
+
+    Serial jobs tell it each epoch (`epoch_done`); Ray tasks run in other processes, so `poll` reads the epochs
+    each seed run has logged (the last step of its train/total history) from MLflow."""
+
+    def __init__(self, uri: str, parent_id: str, epochs: dict[str, int], progress=None):
+        self.uri, self.parent_id, self.progress = uri, parent_id, progress
+        self.epochs = epochs  # run name (method-seedN) -> epochs it trains
+        self.reached = dict.fromkeys(epochs, 0)
+        self.jobs_done = 0
+
+    def epoch_done(self, name: str, epoch: int) -> None:
+        self.reached[name] = max(self.reached[name], min(epoch, self.epochs[name]))
+        self.show()
+
+    def job_done(self, name: str) -> None:
+        self.jobs_done += 1
+        self.reached[name] = self.epochs[name]
+        self.show()
+
+    def poll(self) -> None:
+        client = tracking.client_for(self.uri)
+        for run in tracking.child_runs(self.uri, self.parent_id):
+            name = run.info.run_name
+            if name in self.reached:  # a retried task's second run: the most epochs of either
+                steps = client.get_metric_history(run.info.run_id, "train/total")
+                self.reached[name] = max(self.reached[name], min(max((m.step for m in steps), default=0),
+                                                                 self.epochs[name]))
+        self.show()
+
+    def show(self) -> None:
+        if self.progress is not None:
+            self.progress(sum(self.reached.values()), sum(self.epochs.values()), self.jobs_done, len(self.epochs))
+
+
+def _job_name(job: tuple) -> str:
+    cfg = json.loads(job[0])
+    return f"{cfg['model']['method']}-seed{cfg['train']['seed']}"
+
+
+def _run_jobs(jobs: list[tuple], parallel: bool, counter: EpochCounter) -> list[dict[str, Any]]:
     """Run retrain jobs as Ray tasks (1 CPU each) when `parallel`, else one after another."""
+    counter.show()  # 0 of all epochs, before Ray's start-up
     if not parallel:
         out = []
         for job in jobs:
-            out.append(_train_one(*job))
-            if progress:
-                progress(len(out), len(jobs))
+            name = _job_name(job)
+            out.append(_train_one(*job, on_epoch=lambda epoch, name=name: counter.epoch_done(name, epoch)))
+            counter.job_done(name)
         return out
     import ray
 
@@ -149,12 +205,15 @@ def _run_jobs(jobs: list[tuple], parallel: bool, progress) -> list[dict[str, Any
         task = ray.remote(num_cpus=1, max_retries=1)(_train_one)
         pending = {task.remote(*job): i for i, job in enumerate(jobs)}
         results: list[Any] = [None] * len(jobs)
+        counter.poll()
         while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
             for ref in done:
-                results[pending.pop(ref)] = ray.get(ref)
-            if progress:
-                progress(len(jobs) - len(pending), len(jobs))
+                index = pending.pop(ref)
+                results[index] = ray.get(ref)
+                counter.job_done(_job_name(jobs[index]))
+            if pending:
+                counter.poll()
         return results
     finally:
         if started_here:

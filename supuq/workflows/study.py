@@ -9,6 +9,7 @@ stated rule, so the conclusions follow from the tables; nothing is typed by hand
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -127,5 +128,19 @@ def write_results(
               "", "```yaml", config_text.strip(), "```", ""]
     if commands:
         lines += ["## Commands that regenerate this file", "", "```bash", *commands, "```", ""]
-    out.write_text("\n".join(lines))
+    out.write_text(relative_paths("\n".join(lines)))
     return out
+
+
+def relative_paths(text: str, root: str | Path | None = None) -> str:
+    """`text` with every absolute path under `root` (default: the working directory) written relative to it:
+    `sqlite:////home/me/supuq/mlflow/mlflow.db` -> `sqlite:///mlflow/mlflow.db`, `cache: /home/me/supuq/data/x`
+    -> `cache: data/x`. The study is read on other machines (it is committed as docs/results.md), where this
+    machine's folders mean nothing; paths outside `root` are left as they are."""
+    prefix = str(Path(root).resolve() if root is not None else Path.cwd()).rstrip("/") + "/"
+    if prefix == "/":
+        return text
+    # Only where a path starts: after a space, quote, bracket or `=`, at a line's start, or as a sqlite URI's
+    # path; never inside another path that happens to contain the same folder names.
+    starts = r"(?:^|(?<=[\s`'\"(\[=])|(?<=sqlite:///))"
+    return re.sub(starts + re.escape(prefix), "", text, flags=re.MULTILINE)
