@@ -21,8 +21,8 @@ from supuq.data.lidc_files import load_toolbox
 from supuq.data.lidc_root import NO_ROOT_MESSAGE, configure_pylidcrc, import_pylidc
 from supuq.errors import DataError
 
-from .lidc_dicom import lidc_home  # noqa: F401 (a fixture)
-from .lidc_dicom import annotated_ks, expected_pairs, write_series
+from ..lidc_dicom import lidc_home  # noqa: F401 (a fixture)
+from ..lidc_dicom import annotated_ks, expected_pairs, write_series
 
 SMALL_STUDY = "191425307197546732281885591780"  # LIDC-IDRI-0004 in the sample: 5 slices, 4 readers
 CENTER = (128 - 1) / 2  # geometric centre of a 128-pixel crop

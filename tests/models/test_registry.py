@@ -3,8 +3,6 @@ and own config keys, checked against what the networks really do."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -14,7 +12,8 @@ from supuq.models import KendallGalUNet, ProbUNet, build_model
 from supuq.models.registry import BASELINES, METHOD_LABELS, METHODS, SHORT_LABELS, foreign_keys, method, sampling_grid
 from supuq.sweep.driver import SweepOptions, prepare_sweep
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..conftest import ROOT
+
 SMALL = {"model.num_filters": [4, 8], "model.convs_per_block": 1, "model.latent_dim": 2, "model.fcomb_convs": 2}
 
 

@@ -22,7 +22,7 @@ from supuq.data.preprocessing import check_hu
 from supuq.predict import load_model, predict, predict_volume
 from supuq.train import fit
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES
 
 runner = CliRunner()
 SIZE = 16  # training image size of the tiny models (data.synthetic.size in TINY_OVERRIDES)

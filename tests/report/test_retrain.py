@@ -29,7 +29,7 @@ from supuq.sweep.search import NCC_WORST, NanSafeOptunaSearch
 from supuq.workflows.study import compare  # the verdict rule of `supuq results` (one import: it may move)
 from supuq.workflows.tables import aggregate, common_subset_ncc
 
-from .test_tune import sweep_options, write_space
+from ..sweep.test_driver import sweep_options, write_space
 
 runner = CliRunner()
 PNG = "data:image/png;base64,"

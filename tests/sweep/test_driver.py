@@ -27,8 +27,8 @@ from supuq.sweep.selection import best_trial
 from supuq.sweep.space import load_space
 from supuq.sweep.driver import SweepOptions, grace_period, run_sweep
 
-from .conftest import ROOT, TINY_OVERRIDES
-from .processes import kill_processes_with_env
+from ..conftest import ROOT, TINY_OVERRIDES
+from ..processes import kill_processes_with_env
 
 runner = CliRunner()
 

@@ -28,7 +28,7 @@ from supuq.sweep.selection import (
 )
 from supuq.workflows.study import _learning_curves
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES
 
 runner = CliRunner()
 EPOCHS = 4

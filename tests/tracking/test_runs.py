@@ -21,7 +21,8 @@ from supuq.tracking import store as store_module
 from supuq.config import Config
 from supuq.errors import SupuqError
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..conftest import ROOT
+
 EXPERIMENT = tracking.experiment_name("synthetic")
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from supuq import tracking
 from supuq.cli import app
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES
 
 runner = CliRunner()
 
