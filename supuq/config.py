@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq")
 """The dataset names the config schema accepts; what each one is (reader, files, cache, family) is
-`supuq.data.registry`, whose entries are exactly these names (tests/test_registry.py)."""
+`supuq.data.registry`, whose entries are exactly these names (tests/data/test_registry.py)."""
 METHODS = ("supervised", "kohl", "kendall_gal")
 """The method names the config schema accepts; what each one is (network, labels, keys, sampling grid) is
 `supuq.models.registry`, whose entries are exactly these names."""

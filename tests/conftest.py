@@ -14,6 +14,7 @@ from supuq.config import Config, load_config
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 TOOLBOX_SAMPLE = SHARED / "data" / "lidc_toolbox_sample"
+PNG = "data:image/png;base64,"  # how an HTML report embeds each figure
 
 TINY_OVERRIDES = [
     "data.synthetic.n=48",

@@ -46,7 +46,7 @@ from supuq.config import validate_config
 
 from .conftest import ROOT, TINY_OVERRIDES
 from .processes import kill_processes_with_env
-from .test_tune import full_length_best, trial_config
+from .sweep.test_driver import full_length_best, trial_config
 
 CLUSTER = ROOT / "cluster"
 BUCKET = "supuq-test"

@@ -1,9 +1,7 @@
-"""Config loading, validation and overrides; the CLI's one-line errors for bad configs."""
+"""Config loading, validation and overrides (supuq.config); the CLI's one-line errors for bad configs."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -81,9 +79,3 @@ def test_cli_bad_config_is_one_line_exit_2(args, needle):
     assert result.exit_code == 2
     assert needle in result.output
     assert "Traceback" not in result.output
-
-
-def test_cli_help_and_version():
-    assert runner.invoke(app, ["--version"]).output.startswith("supuq ")
-    proc = subprocess.run([sys.executable, "-m", "supuq.cli", "--help"], capture_output=True, text=True)
-    assert proc.returncode == 0 and "sweep" in proc.stdout and "train" in proc.stdout

@@ -17,7 +17,7 @@ from supuq.data.registry import REGISTRY, dataset, load_dataset_config
 from supuq.errors import ConfigError, DataError
 from supuq.sweep.driver import SweepOptions, prepare_sweep
 
-from .conftest import ROOT
+from ..conftest import ROOT
 
 runner = CliRunner()
 # What each dataset's config needs before it names a cache (qubiq: a task).

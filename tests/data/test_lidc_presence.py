@@ -21,8 +21,8 @@ from supuq.data.preprocessing import hu_window
 from supuq.data.types import MultiGraderSet
 from supuq.errors import DataError
 
-from .lidc_dicom import lidc_home  # noqa: F401 (a fixture)
-from .lidc_dicom import annotated_ks, expected_pairs, hu_slice, pylidc_mask_crop, scan_of, write_series
+from ..lidc_dicom import lidc_home  # noqa: F401 (a fixture)
+from ..lidc_dicom import annotated_ks, expected_pairs, hu_slice, pylidc_mask_crop, scan_of, write_series
 
 pytestmark = pytest.mark.usefixtures("lidc_home")  # every test gets a HOME and ~/.pylidcrc of its own
 

@@ -1,13 +1,13 @@
-"""One best-trial rule for every entry point: a sweep where an ASHA-stopped trial has the best early value and
-another trial had the best value at some epoch but not at its last. The driver's side (Tune trial summaries,
-the progress bar) is checked on trial dicts; `supuq best`, its --baseline-sweep, the Pareto front, the report
-and the study on a real MLflow store (sqlite) laid out the way the driver leaves one."""
+"""One best-trial rule for every entry point (supuq.sweep.selection): a sweep where an ASHA-stopped trial has the
+best early value and another trial had the best value at some epoch but not at its last. The driver's side (Tune
+trial summaries) is checked on trial dicts; `supuq best`, its --baseline-sweep, the Pareto front, the report and
+the study on a real MLflow store (sqlite) laid out the way the driver leaves one; the multi-objective sweep
+(`--objective both`) on real Ray, its Pareto front and `supuq best --pick`."""
 
 from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -16,19 +16,22 @@ from supuq import tracking
 from supuq.cli import app
 from supuq.config import load_config
 from supuq.report import write_report
-from supuq.sweep.results import TrialProgress, finalize_child_runs
+from supuq.sweep.driver import run_sweep
+from supuq.sweep.results import finalize_child_runs
 from supuq.sweep.selection import (
     best_of_sweep,
     best_row,
     best_trial,
     eligible_trials,
+    pareto_front,
     pareto_trials,
     rank_trials,
     trial_rows,
 )
 from supuq.workflows.study import _learning_curves
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import PNG, ROOT, TINY_OVERRIDES
+from .test_driver import sweep_options, write_space
 
 runner = CliRunner()
 EPOCHS = 4
@@ -65,18 +68,6 @@ def test_driver_rule_on_trial_dicts():
     tied = [{**rows[0], "trial_id": "zzz"}, {**rows[0], "trial_id": "aab"}]
     assert best_row(tied, "val/ged", "min", EPOCHS)[0]["trial_id"] == "aab"
     assert best_row(tied[::-1], "val/ged", "min", EPOCHS)[0]["trial_id"] == "aab"
-
-
-def test_progress_bar_ends_on_the_best_eligible_trials_last_value():
-    bar = TrialProgress(len(TRIALS), "val/ged", "min", EPOCHS)
-    for epoch in range(EPOCHS):  # results arrive interleaved, as from concurrent trials
-        for tid, (geds, _, _) in TRIALS.items():
-            if epoch < len(geds):
-                bar.on_trial_result(0, [], SimpleNamespace(trial_id=tid), {"val/ged": geds[epoch], "epoch": epoch + 1})
-        if epoch == 1:  # nobody at 4 epochs yet: the best last value so far, marked as not full-length
-            assert bar.best() == (0.30, False)
-    assert bar.best() == (0.40, True)  # not 0.30 (bbb, stopped early) nor 0.35 (ccc's best epoch)
-    assert bar.best()[0] == best_row(driver_rows(), "val/ged", "min", EPOCHS)[0]["metrics"]["val/ged"]
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +171,46 @@ def test_no_full_length_trial_falls_back_and_says_so(tmp_path):
     result = runner.invoke(app, ["best", "--sweep", "cut", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert f"no trial ran all {EPOCHS} epochs" in result.output and "t1 (val/ged = 0.4500" in result.output
+
+
+def test_pareto_front_min_ged_max_ncc():
+    points = [(0.5, 0.2), (0.4, 0.1), (0.6, 0.3), (0.45, 0.05), (0.4, float("nan")), (float("nan"), 0.9)]
+    # (0.45, 0.05) is dominated by (0.4, 0.1); (0.4, nan) by (0.4, 0.1); a NaN GED is never on the front
+    assert pareto_front(points) == [1, 0, 2]
+    assert pareto_front([(0.3, float("nan"))]) == [0]
+
+
+def test_multi_objective_sweep_pareto_and_pick(tmp_path, monkeypatch, ray_session):
+    monkeypatch.chdir(tmp_path)
+    space = write_space(tmp_path, num_samples=3)  # its ASHA is switched off by --objective both
+    opts = sweep_options(tmp_path, "mo", space, objective="both")
+    out = run_sweep(opts)
+    uri = opts.tracking_uri
+    assert out.complete and len(out.trials) == 3
+    parent = tracking.get_run(uri, out.parent_run_id)
+    assert parent.data.tags["supuq.objective"] == "both"
+    runs = tracking.child_runs(uri, out.parent_run_id)
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)  # no ASHA: every trial ran all epochs
+    assert all("val/ged" in r.data.metrics and "val/ncc" in r.data.metrics for r in runs)
+    space_json = tracking.download_artifact(uri, out.parent_run_id, "space.json", tmp_path / "a")
+    assert '"objectives"' in space_json.read_text() and '"none"' in space_json.read_text()
+
+    points = [(r.data.metrics["val/ged"], r.data.metrics["val/ncc"]) for r in runs]
+    expected = {runs[i].data.tags["supuq.trial_id"] for i in pareto_front(points)}  # the table's short trial ids
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--tracking-uri", uri])  # objective from the sweep's tag
+    assert result.exit_code == 0, result.output
+    assert "Pareto-optimal" in result.output and all(name in result.output for name in expected)
+    result = runner.invoke(app, ["sweep", "--objective", "pareto"])
+    assert result.exit_code == 2 and "--objective must be ged, ncc or both" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--retrain", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "--pick" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--pick", "9", "--tracking-uri", uri])
+    assert result.exit_code == 2 and "--pick must be between 1 and" in result.output
+    result = runner.invoke(app, ["best", "--sweep", "mo", "--objective", "both", "--pick", "1", "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    lowest = min((p for p in points if not math.isnan(p[0])), key=lambda p: p[0])
+    assert f"val/ged = {lowest[0]:.4f}" in result.output
+
+    written = write_report(uri, out.parent_run_id, tmp_path / "mo.html", log_artifact=False)
+    page = written.path.read_text()
+    assert "multi-objective" in page and page.count(PNG) == 3

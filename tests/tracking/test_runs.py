@@ -1,15 +1,13 @@
-"""supuq.tracking against real MLflow: a sqlite store in tmp_path, real subprocesses, a real `mlflow server`."""
+"""supuq.tracking.runs against real MLflow (a sqlite store in tmp_path): a tracked run's params, metrics,
+artifacts and tags, its end states, resume, stale runs, and real subprocesses logging at once."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,44 +15,11 @@ import yaml
 from mlflow import MlflowClient
 
 from supuq import tracking
-from supuq.tracking import store as store_module
 from supuq.config import Config
 from supuq.errors import SupuqError
 
-ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENT = tracking.experiment_name("synthetic")
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> str:
-    """A fresh local store in tmp_path (the default layout, ./mlflow/mlflow.db), schema and experiment created."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking.resolve_tracking_uri()
-    tracking.init_store(uri, EXPERIMENT)
-    return uri
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_default_uri_and_artifact_root(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    real = tmp_path.resolve()
-    assert tracking.resolve_tracking_uri() == f"sqlite:///{real}/mlflow/mlflow.db"
-    assert (tmp_path / "mlflow").is_dir()
-    assert tracking.default_artifact_root() == f"{real}/mlflow/artifacts"
-    # a relative sqlite path is pinned to the current directory (Ray workers run elsewhere)
-    assert tracking.resolve_tracking_uri("sqlite:///x/s.db") == f"sqlite:///{real}/x/s.db"
-    assert tracking.default_artifact_root("sqlite:///x/s.db") == f"{real}/x/artifacts"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
-    assert tracking.resolve_tracking_uri() == "http://example.invalid:5000"
-    assert tracking.resolve_tracking_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
-    assert tracking.experiment_name("lidc") == "supuq/lidc"
+from ..conftest import ROOT
+from .conftest import EXPERIMENT
 
 
 def test_run_logs_params_metrics_artifacts(store, tmp_path):
@@ -160,38 +125,6 @@ def test_resume_continues_the_same_run(store):
             pass
 
 
-def test_parent_and_children(store):
-    with tracking.tracked_run(store, EXPERIMENT, run_name="sweep", tags={"supuq.kind": "sweep"}) as parent:
-        ids = []
-        for i in range(3):
-            with tracking.tracked_run(store, EXPERIMENT, run_name=f"trial{i}", parent_run_id=parent.run_id) as child:
-                child.log_metrics({"val/ged": 0.1 * i}, step=1)
-                ids.append(child.run_id)
-        # an unrelated top-level run is not a child
-        with tracking.tracked_run(store, EXPERIMENT, run_name="other"):
-            pass
-    children = tracking.child_runs(store, parent.run_id)
-    assert [r.info.run_id for r in children] == ids
-    best = tracking.find_runs(
-        store, EXPERIMENT, f"tags.mlflow.parentRunId = '{parent.run_id}'", order_by=["metrics.`val/ged` ASC"]
-    )
-    assert best[0].info.run_id == ids[0]
-    sweeps = tracking.find_runs(store, EXPERIMENT, "tags.`supuq.kind` = 'sweep'")
-    assert [r.info.run_id for r in sweeps] == [parent.run_id]
-    assert tracking.find_runs(store, "supuq/no-such-dataset") == []
-    trial1 = tracking.child_runs(store, parent.run_id, "attributes.run_name = 'trial1'")
-    assert [r.info.run_id for r in trial1] == [ids[1]]
-    # across experiments (None = all), newest first by default
-    tracking.init_store(store, "supuq/other")
-    with tracking.tracked_run(store, "supuq/other", run_name="elsewhere") as elsewhere:
-        pass
-    everywhere = tracking.search_runs(store, None)
-    assert len(everywhere) == 6 and everywhere[0].info.run_id == elsewhere.run_id
-    assert len(tracking.search_runs(store, [EXPERIMENT, "supuq/missing"])) == 5
-    with pytest.raises(SupuqError, match="bad MLflow run filter"):
-        tracking.find_runs(store, EXPERIMENT, "this is not a filter")
-
-
 def test_end_stale_runs(store):
     client = MlflowClient(tracking_uri=store)
     with tracking.tracked_run(store, EXPERIMENT, run_name="sweep") as parent:
@@ -203,24 +136,6 @@ def test_end_stale_runs(store):
         assert tracking.end_stale_runs(store, parent.run_id) == 1
     assert client.get_run(dead).info.status == "KILLED"
     assert client.get_run(ok.run_id).info.status == "FINISHED"
-
-
-def test_errors_are_one_line(store, tmp_path, monkeypatch):
-    with pytest.raises(SupuqError, match="no MLflow run"):
-        tracking.get_run(store, "f" * 32)
-    port = _free_port()  # nothing listens there
-    # Fails on the /health probe, before an MLflow client exists (MLflow's own client retries for minutes).
-    with monkeypatch.context() as patch, pytest.raises(SupuqError, match=f"127.0.0.1:{port} is not reachable") as err:
-        patch.setattr(store_module, "client_for", lambda uri: pytest.fail(f"an MLflow client was opened for {uri}"))
-        tracking.init_store(f"http://127.0.0.1:{port}", EXPERIMENT)
-    assert "\n" not in str(err.value)
-    with pytest.raises(SupuqError, match="nosuchscheme") as err:
-        tracking.init_store("nosuchscheme://x", EXPERIMENT)
-    assert "\n" not in str(err.value)
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(SupuqError, match="cannot create"):
-        tracking.init_store(f"sqlite:///{blocker}/sub/mlflow.db", EXPERIMENT)
 
 
 _WORKER = """
@@ -271,55 +186,3 @@ def test_concurrent_processes_lose_nothing(store, tmp_path):
         worker = float(run.data.tags["worker"])
         assert all(m.value == worker for m in client.get_metric_history(run.info.run_id, "val/ged"))
     assert total == workers * points * 2
-
-
-def test_serve_ui(store, tmp_path):
-    with tracking.tracked_run(store, EXPERIMENT, run_name="shown") as run:
-        run.log_metrics({"val/ged": 0.3}, step=1)
-        run.log_text("local artifact", "note.txt")
-
-    port = _free_port()
-    start = time.monotonic()
-    proc = tracking.serve_ui(store, port=port, log_path=tmp_path / "server.log")
-    try:
-        startup = time.monotonic() - start
-        print(f"\nmlflow server answered /health after {startup:.1f} s")
-        base = f"http://127.0.0.1:{port}"
-        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
-            assert response.status == 200 and response.read().strip() == b"OK"
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=10", timeout=10) as resp:
-            names = {e["name"] for e in json.load(resp)["experiments"]}
-        assert EXPERIMENT in names
-        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
-            assert response.status == 200
-
-        # The same API works against the server: a new experiment gets proxied artifacts (mlflow-artifacts:/).
-        remote = tracking.init_store(base, "supuq/remote")
-        with tracking.tracked_run(base, "supuq/remote", run_name="over-http") as remote_run:
-            remote_run.log_metrics({"val/ged": 0.2}, step=1)
-            remote_run.log_text("via server", "remote.txt")
-        got = tracking.get_run(base, remote_run.run_id)
-        assert got.info.experiment_id == remote and got.info.status == "FINISHED"
-        assert got.info.artifact_uri.startswith("mlflow-artifacts:")
-        stored = list(Path(tracking.default_artifact_root()).rglob("remote.txt"))
-        assert len(stored) == 1 and stored[0].read_text() == "via server"
-        # a second server on the same port is refused up front
-        with pytest.raises(SupuqError, match="already in use"):
-            tracking.serve_ui(store, port=port)
-    finally:
-        tracking.stop_server(proc)
-    assert proc.returncode is not None
-    # nothing of the server's process group (mlflow CLI + uvicorn) is left; its workers may take a moment to go
-    deadline = time.monotonic() + 30
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with pytest.raises(ProcessLookupError):
-        os.killpg(proc.pid, 0)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -20,8 +20,8 @@ from supuq.errors import DataError
 from supuq.predict import predict
 from supuq.train import fit
 
-from .conftest import ROOT, TINY_OVERRIDES
-from .test_lidc_formats import write_kohl_pngs
+from ..conftest import ROOT, TINY_OVERRIDES
+from .test_lidc_release import write_kohl_pngs
 
 runner = CliRunner()
 

@@ -1,12 +1,12 @@
-"""`supuq ui` and its MLflow server as a user runs them: a real `supuq ui` process, the real server, real
-signals. Whatever ends `supuq ui` (SIGTERM, SIGHUP, SIGKILL) ends the server it started; its log goes to a
-private folder, never through a planted symlink; a fresh sqlite store created by two processes at once works."""
+"""`supuq ui` and its MLflow server (supuq.tracking.server) as a user runs them: a real `supuq ui` process, the real
+server, real signals. Whatever ends `supuq ui` (SIGTERM, SIGHUP, SIGKILL) ends the server it started; its log goes
+to a private folder, never through a planted symlink; the server serves the runs and their artifacts."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,13 +18,9 @@ import pytest
 from supuq import tracking
 from supuq.errors import SupuqError
 
+from .conftest import EXPERIMENT, _free_port
+
 DEADLINE_S = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -123,14 +119,74 @@ def test_server_log_is_private_and_never_follows_a_planted_link(tmp_path):
     assert victim.read_text() == "keep me"
 
 
-def test_two_processes_creating_one_fresh_store_both_succeed(tmp_path):
-    code = ("import sys; from supuq import tracking; "
-            "print(tracking.init_store(sys.argv[1], 'supuq/synthetic'))")
-    for attempt in range(3):
-        uri = f"sqlite:///{tmp_path / f'store{attempt}' / 'mlflow.db'}"
-        procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
-        outs = [p.communicate(timeout=120) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
-        ids = {out.strip().splitlines()[-1] for out, _ in outs}
-        assert len(ids) == 1  # one experiment, created once
+def test_serve_ui(store, tmp_path):
+    with tracking.tracked_run(store, EXPERIMENT, run_name="shown") as run:
+        run.log_metrics({"val/ged": 0.3}, step=1)
+        run.log_text("local artifact", "note.txt")
+
+    port = _free_port()
+    start = time.monotonic()
+    proc = tracking.serve_ui(store, port=port, log_path=tmp_path / "server.log")
+    try:
+        startup = time.monotonic() - start
+        print(f"\nmlflow server answered /health after {startup:.1f} s")
+        base = f"http://127.0.0.1:{port}"
+        with urllib.request.urlopen(f"{base}/health", timeout=10) as response:
+            assert response.status == 200 and response.read().strip() == b"OK"
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=10", timeout=10) as resp:
+            names = {e["name"] for e in json.load(resp)["experiments"]}
+        assert EXPERIMENT in names
+        with urllib.request.urlopen(f"{base}/", timeout=10) as response:
+            assert response.status == 200
+
+        # The same API works against the server: a new experiment gets proxied artifacts (mlflow-artifacts:/).
+        remote = tracking.init_store(base, "supuq/remote")
+        with tracking.tracked_run(base, "supuq/remote", run_name="over-http") as remote_run:
+            remote_run.log_metrics({"val/ged": 0.2}, step=1)
+            remote_run.log_text("via server", "remote.txt")
+        got = tracking.get_run(base, remote_run.run_id)
+        assert got.info.experiment_id == remote and got.info.status == "FINISHED"
+        assert got.info.artifact_uri.startswith("mlflow-artifacts:")
+        stored = list(Path(tracking.default_artifact_root()).rglob("remote.txt"))
+        assert len(stored) == 1 and stored[0].read_text() == "via server"
+        # a second server on the same port is refused up front
+        with pytest.raises(SupuqError, match="already in use"):
+            tracking.serve_ui(store, port=port)
+    finally:
+        tracking.stop_server(proc)
+    assert proc.returncode is not None
+    # nothing of the server's process group (mlflow CLI + uvicorn) is left; its workers may take a moment to go
+    deadline = time.monotonic() + 30
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_supuq_ui_serves_the_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking.init_store(uri, "supuq/synthetic")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "supuq.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+                            cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        tracking.wait_for_health(f"http://127.0.0.1:{port}/health", timeout=90)
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+        body = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert "supuq/synthetic" in body
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

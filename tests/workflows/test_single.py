@@ -1,20 +1,14 @@
-"""`supuq train` / `supuq evaluate` / `supuq ui` end to end against a temporary MLflow store."""
+"""`supuq train` / `supuq evaluate` (supuq.workflows.single) end to end against a temporary MLflow store."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import urllib.request
 
 from typer.testing import CliRunner
 
 from supuq import tracking
 from supuq.cli import app
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES
 
 runner = CliRunner()
 
@@ -69,30 +63,3 @@ def test_evaluate_bad_reference_is_one_line(tmp_path):
     assert result.exit_code == 2 and "no-such-run" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["evaluate", "x", "--samples", "7", "--weight-samples", "5"])
     assert result.exit_code == 2 and "multiple" in result.output
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_supuq_ui_serves_the_runs(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracking.init_store(uri, "supuq/synthetic")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "supuq.cli", "ui", "--port", str(port), "--tracking-uri", uri],
-                            cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        tracking.wait_for_health(f"http://127.0.0.1:{port}/health", timeout=90)
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
-        body = urllib.request.urlopen(url, timeout=10).read().decode()
-        assert "supuq/synthetic" in body
-        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).status == 200
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

@@ -1,9 +1,7 @@
-"""The method registry (`supuq.models.registry`): one entry per `model.method`, its sampling grid, fixed settings
-and own config keys, checked against what the networks really do."""
+"""The method registry (`supuq.models.registry`): one entry per `model.method`, its sampling grid, fixed settings,
+own config keys and the network `build_model` makes, checked against what the networks really do."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +10,10 @@ from supuq.config import METHODS as CONFIG_METHODS, Config, LossConfig, load_con
 from supuq.errors import ConfigError
 from supuq.models import KendallGalUNet, ProbUNet, build_model
 from supuq.models.registry import BASELINES, METHOD_LABELS, METHODS, SHORT_LABELS, foreign_keys, method, sampling_grid
-from supuq.sweep.driver import SweepOptions, prepare_sweep
 
-ROOT = Path(__file__).resolve().parent.parent
+from ..conftest import ROOT
+from .conftest import small_cfg
+
 SMALL = {"model.num_filters": [4, 8], "model.convs_per_block": 1, "model.latent_dim": 2, "model.fcomb_convs": 2}
 
 
@@ -103,20 +102,6 @@ def test_foreign_keys():
     assert foreign_keys(["kohl"], ["loss.gamma", "model.weight_noise.prior"]) == ["loss.gamma", "model.weight_noise.prior"]
 
 
-def test_sweep_of_a_method_may_not_search_another_methods_keys(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    space = tmp_path / "space.yaml"
-    space.write_text("space:\n  model.dropout: {uniform: [0.1, 0.7]}\n")
-    cfg = ROOT / "configs" / "synthetic.yaml"
-    with pytest.raises(ConfigError, match=r"model\.dropout, which method supervised does not use"):
-        prepare_sweep(SweepOptions(config=cfg, space=space))
-    base, _ = prepare_sweep(SweepOptions(config=cfg, space=space, overrides=["model.method=kendall_gal"]))
-    assert base.model.method == "kendall_gal"
-    both = tmp_path / "both.yaml"
-    both.write_text("space:\n  model.method: {choice: [supervised, kendall_gal]}\n  model.dropout: {uniform: [0.1, 0.7]}\n")
-    prepare_sweep(SweepOptions(config=cfg, space=both))  # kendall_gal among the searched methods reads dropout
-
-
 def test_kohl_network_is_built_without_weight_noise():
     cfg = Config().updated(SMALL).with_method("kohl")
     model = build_model(cfg.model, LossConfig(gamma=0.0))
@@ -130,13 +115,14 @@ def test_study_configs_keep_their_methods_fixed_settings():
         assert all(flat[k] == v for k, v in METHODS[name].fixed.items())
 
 
-def test_retrain_configs_record_each_methods_grid():
-    from supuq.workflows.retrain import retrain_configs
-
-    configs = retrain_configs(Config(), seeds=2, baselines=True, samples=50)
-    grids = {(c.model.method, c.train.seed): (c.eval.weight_samples, c.eval.latent_samples) for c in configs}
-    assert grids == {("supervised", 0): (5, 10), ("supervised", 1): (5, 10), ("kohl", 0): (1, 50),
-                     ("kohl", 1): (1, 50), ("kendall_gal", 0): (5, 10), ("kendall_gal", 1): (5, 10)}
-    assert all(c.train.train_on_val for c in configs)
-    (only,) = retrain_configs(Config(), seeds=1, baselines=False, samples=48)
-    assert (only.eval.weight_samples, only.eval.latent_samples) == (4, 12)  # the largest divisor of 48 up to 5
+@pytest.mark.parametrize(
+    "method, cls, samples_weights",
+    [("supervised", ProbUNet, True), ("kohl", ProbUNet, False), ("kendall_gal", KendallGalUNet, True)],
+)
+def test_build_model(method, cls, samples_weights):
+    cfg = small_cfg(method)
+    model = build_model(cfg, LossConfig())
+    assert type(model) is cls and model.model_cfg is cfg
+    assert METHODS[method].samples_weights(cfg) is samples_weights
+    if cls is ProbUNet:
+        assert model.has_weight_noise is samples_weights

@@ -25,7 +25,7 @@ from supuq.report.html import SORT_KEYS_MAX, html_sorted_table
 from supuq.report.images import per_image_means, per_image_sections, worst_first_ranks
 from supuq.workflows.retrain import retrain
 
-from .conftest import ROOT, TINY_OVERRIDES
+from ..conftest import ROOT, TINY_OVERRIDES
 
 PNG = "data:image/png;base64,"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -1,5 +1,6 @@
-"""The sweep on real Ray Tune + Optuna + ASHA with real MLflow (sqlite), small: trials as child runs, the best
-trial, a NaN trial failing alone, resume after SIGKILL of the driver, and one-line errors for bad input."""
+"""supuq.sweep.driver on real Ray Tune + Optuna + ASHA with real MLflow (sqlite), small: trials as child runs, the
+best trial, resume after SIGKILL of the driver or Ctrl-C, the objective, and one-line errors for bad input. Its
+helpers (a space file, sweep options, a killable driver process) are shared by the other sweep tests."""
 
 from __future__ import annotations
 
@@ -22,13 +23,12 @@ from typer.testing import CliRunner
 from supuq import tracking
 from supuq.cli import app
 from supuq.config import Config, load_config, validate_config
-from supuq.errors import ConfigError, SupuqError
 from supuq.sweep.selection import best_trial
 from supuq.sweep.space import load_space
 from supuq.sweep.driver import SweepOptions, grace_period, run_sweep
 
-from .conftest import ROOT, TINY_OVERRIDES
-from .processes import kill_processes_with_env
+from ..conftest import ROOT, TINY_OVERRIDES
+from ..processes import kill_processes_with_env
 
 runner = CliRunner()
 
@@ -217,55 +217,6 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
         assert {k: v for k, v in ran.flat().items() if k not in owned} == want, folder.name
 
 
-def test_wait_for_resources_gives_up_with_a_clear_error(ray_session):
-    """--wait-for-resources on a cluster that never gets a GPU: the request goes to Ray's autoscaler (none here),
-    the wait lasts the given time, and the error says what was missing and for how long it waited."""
-    from supuq.sweep.cluster import check_resources
-
-    cpu_only = load_space(ROOT / "sweep/synthetic.yaml")
-    space = cpu_only.model_copy(update={"resources": cpu_only.resources.model_copy(update={"gpu": 1.0})})
-    said = []
-    started = time.monotonic()
-    with pytest.raises(SupuqError, match=r"asks for 1 GPU but the Ray cluster has 0 after waiting 1\.5 s"):
-        check_resources(space, wait_s=1.5, poll_s=0.2, say=said.append)
-    assert time.monotonic() - started >= 1.5
-    assert said and "waiting up to 1.5 s" in said[0]
-    with pytest.raises(SupuqError, match="--wait-for-resources"):  # no wait: fails at once and names the option
-        check_resources(space)
-    assert check_resources(cpu_only, wait_s=5) is False  # nothing missing: no request left standing
-
-
-def test_trials_reuse_their_worker_process(tmp_path, monkeypatch, ray_session):
-    """reuse_actors: one at a time, every trial runs in the same Ray worker process (no new process, imports or
-    dataset load per trial), and each still gets its own complete MLflow run."""
-    monkeypatch.chdir(tmp_path)
-    space = write_space(tmp_path, num_samples=3, max_concurrent=1, scheduler={"type": "none"})
-    opts = sweep_options(tmp_path, "reuse", space)
-    out = run_sweep(opts)
-    assert out.complete and [t["status"] for t in out.trials] == ["TERMINATED"] * 3
-    runs = children(opts.tracking_uri, out.parent_run_id)
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
-    assert all("val/ged" in r.data.metrics for r in runs)
-    assert len({r.data.tags["supuq.worker_pid"] for r in runs}) == 1
-
-
-def test_nan_trial_fails_alone(tmp_path, monkeypatch, ray_session):
-    monkeypatch.chdir(tmp_path)
-    space = write_space(
-        tmp_path, num_samples=2, points_to_evaluate=[{"train.inject_nan_at_epoch": 1}, {"train.inject_nan_at_epoch": None}]
-    )
-    data = yaml.safe_load(space.read_text())
-    data["space"]["train.inject_nan_at_epoch"] = {"choice": [None, 1]}
-    space.write_text(yaml.safe_dump(data))
-    opts = sweep_options(tmp_path, "nan", space)
-    out = run_sweep(opts)
-    statuses = sorted(t["status"] for t in out.trials)
-    assert statuses == ["ERROR", "TERMINATED"]
-    runs = {r.info.status for r in children(opts.tracking_uri, out.parent_run_id)}
-    assert runs == {"FAILED", "FINISHED"}
-    assert out.best is not None and out.best["params"].get("train.inject_nan_at_epoch") is None
-
-
 def test_resume_after_sigkill_of_the_driver(tmp_path):
     """SIGKILL the driver and every process of the local Ray it started (as a crashed machine would) while the
     sweep is half done, then `--resume`: each trial ends with exactly one child run, all FINISHED."""
@@ -302,45 +253,6 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     assert len(runs) == 3 and len(set(trial_ids)) == 3, (described, at_kill, said)
     assert all(r.info.status == "FINISHED" for r in runs), (described, at_kill, said)
     assert all(r.data.metrics.get("val/ged") is not None for r in runs)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: a trial resumed after kill -9 of the driver restarts from its last checkpoint (the last validation "
-    "epoch) and logs the epochs it had logged after that checkpoint a second time to the same MLflow run "
-    "(reliability issue: 'epochs 5-6 were logged twice'); val_every=1 hides it, a checkpoint every epoch"))
-def test_resume_after_sigkill_logs_each_epoch_once_with_val_every_2(tmp_path):
-    """One trial, 8 epochs, a validation (and checkpoint) every 2nd epoch: kill -9 the driver's Ray right after the
-    trial logged an odd epoch (logged, not checkpointed), resume, and every epoch must be in the run once."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path, num_samples=1, max_concurrent=1, scheduler={"type": "none"})
-    overrides = ["train.epochs=8", "train.val_every=2", "data.synthetic.n=192"]  # more images: longer epochs
-    trial_steps: list[int] = []
-    with sweep_process(tmp_path, cli_sweep(tmp_path, "odd", space, overrides)) as (driver, env):
-        deadline = time.time() + 240
-        while time.time() < deadline and driver.poll() is None:
-            state = sweep_state(tmp_path, "odd")
-            runs = children(uri, state["parent_run_id"]) if state else []
-            trial_steps = steps_of(uri, runs[0].info.run_id, "train/total") if runs else []
-            if trial_steps and max(trial_steps) >= 3 and max(trial_steps) % 2 == 1:
-                break  # the kill lands right after an odd epoch: logged, but its checkpoint is the epoch before
-            time.sleep(0.05)
-    (run,) = children(uri, state["parent_run_id"])
-    at_kill = steps_of(uri, run.info.run_id, "train/total")  # what the run held when everything was dead
-    if not (at_kill and max(at_kill) % 2 == 1 and 3 <= max(at_kill) < 8):
-        pytest.fail(f"the kill did not land just after an odd epoch (steps {at_kill}): {driver_log(tmp_path)}")
-    resumed = subprocess.run(
-        [sys.executable, "-m", "supuq.cli", "sweep", "--resume", "odd", "--storage", str(tmp_path / "rr")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
-    )
-    kill_processes_with_env(f"SUPUQ_TEST_KILL={env['SUPUQ_TEST_KILL']}".encode())
-    if resumed.returncode != 0:
-        pytest.fail(f"resume failed: {resumed.stdout[-3000:]} {resumed.stderr[-2000:]}")
-    (run,) = children(uri, state["parent_run_id"])
-    if run.info.status != "FINISHED":
-        pytest.fail(f"the resumed trial ended {run.info.status}: {run.data.tags.get('supuq.stop_reason')}")
-    train_steps, val_steps = steps_of(uri, run.info.run_id, "train/total"), steps_of(uri, run.info.run_id, "val/ged")
-    assert sorted(train_steps) == list(range(1, 9)), f"train/total steps {sorted(train_steps)} (at the kill {at_kill})"
-    assert sorted(val_steps) == [2, 4, 6, 8], f"val/ged steps {sorted(val_steps)}"
 
 
 def interrupt_mid_trial(tmp_path: Path, name: str, space: Path, epochs: int):
@@ -391,25 +303,6 @@ def test_ctrl_c_exits_130_with_a_resume_hint_that_resumes(tmp_path):
     assert all(max(steps_of(uri, r.info.run_id, "val/ged")) == 4 for r in runs)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: sweep/results.py summarize_trials calls every trial that reported a result TERMINATED, so a trial "
-    "interrupted by Ctrl-C counts as finished: with the last trial interrupted the sweep says complete, exits 0 "
-    "with no resume hint, writes best.yaml from the interrupted trial and tags it 'stopped early by ASHA'"))
-def test_ctrl_c_during_the_last_trial_is_an_interrupted_sweep(tmp_path):
-    """Ctrl-C while the only trial runs (it has logged an epoch, not all 4): the sweep is interrupted, not done."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    space = write_space(tmp_path, num_samples=1, scheduler={"type": "none"})
-    driver, _, state = interrupt_mid_trial(tmp_path, "last", space, epochs=4)
-    errors = (tmp_path / "driver.err").read_text()
-    (run,) = children(uri, state["parent_run_id"])
-    if max(steps_of(uri, run.info.run_id, "train/total")) >= 4:
-        pytest.fail("the trial finished before the interrupt reached it")
-    assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
-    assert "sweep last stopped after 0 of 1 trials; continue it with: supuq sweep --resume last" in errors
-    assert tracking.get_run(uri, state["parent_run_id"]).data.tags["supuq.complete"] == "false"
-    assert "ASHA" not in run.data.tags.get("supuq.stop_reason", "")
-
-
 def test_ncc_objective_picks_the_highest_validation_ncc(tmp_path, monkeypatch, ray_session):
     """`supuq sweep --objective ncc`: the sweep maximises val/ncc; best.yaml, the parent's tags and `supuq best`
     (which reads the objective from the sweep) all name the trial with the highest final NCC."""
@@ -431,22 +324,6 @@ def test_ncc_objective_picks_the_highest_validation_ncc(tmp_path, monkeypatch, r
     result = runner.invoke(app, ["best", "--sweep", "by-ncc", "--tracking-uri", uri])
     assert result.exit_code == 0, result.output
     assert said_best(result.output, best) and f"val/ncc = {best.data.metrics['val/ncc']:.4f}" in result.output
-
-
-@pytest.mark.parametrize(
-    "content, needle",
-    [("space:\n  loss.beta: {gaussian: [0, 1]}\n", "unknown distribution 'gaussian'"),
-     ("space:\n  loss.betta: {uniform: [0, 1]}\n", "'loss.betta' is not a config key"),
-     ("space:\n  optim.lr: {loguniform: [0, 1]}\n", "must be positive"),
-     ("metric: val/ged\nspace: {}\n", "space is empty")],
-)
-def test_bad_space_file_is_a_one_line_error(tmp_path, content, needle):
-    path = tmp_path / "bad.yaml"
-    path.write_text(content)
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
-        load_space(path)
-    result = runner.invoke(app, ["sweep", "--space", str(path), "--storage", str(tmp_path)])
-    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
 
 
 def test_unknown_dataset_and_missing_gpus_exit_2(tmp_path, monkeypatch, ray_session):
@@ -496,16 +373,3 @@ def test_grace_period_is_clamped_to_the_sweeps_epochs():
     assert said == ["ASHA grace period 2 is above the sweep's 1 epoch(s): using 1 (no trial is stopped before its "
                     "last epoch)"]
     assert grace_period(space, 5, said.append) == 2 and len(said) == 1
-
-
-def test_shipped_spaces_validate_and_start_with_table1():
-    from supuq.config import load_config
-
-    for name in ("synthetic", "lidc", "miccai2012", "qubiq"):
-        space = load_space(ROOT / "sweep" / f"{name}.yaml")
-        assert {"loss.beta", "loss.gamma", "model.weight_noise.prior", "model.weight_noise.prior_std",
-                "optim.lr"} <= set(space.space)
-        first = space.first_points(load_config(ROOT / "configs" / f"{name}.yaml"))[0]
-        if name == "lidc":
-            assert first == {"loss.beta": 1.0, "loss.gamma": 100.0, "model.weight_noise.prior": "gaussian",
-                             "model.weight_noise.prior_std": 1.0, "optim.lr": 1e-6}

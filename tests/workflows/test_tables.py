@@ -1,6 +1,6 @@
 """The Table 2/3 model (supuq.workflows.tables): its three renderers show the numbers of the per-seed values they
-summarise (mean and sample std computed here with numpy), the verdict rule on hand-made numbers, the smoke
-banner's thresholds and the paper's published values."""
+summarise (mean and sample std computed here with numpy), the common-subset NCC, the verdict rule on hand-made
+numbers and the smoke banner's thresholds."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from rich.console import Console
 
 from supuq.cli.tables import result_tables
 from supuq.report.html import html_result_tables
-from supuq.workflows.published import PROTOCOL, PUBLISHED_LABEL
 from supuq.workflows.tables import (
     CALIBRATION,
     SMOKE_MIN_EPOCHS,
@@ -26,6 +25,7 @@ from supuq.workflows.tables import (
     smoke_reasons,
     to_markdown,
 )
+from supuq.workflows.tables import aggregate, common_subset_ncc
 
 METHODS = ("supervised", "kohl", "kendall_gal")
 KEYS = ("ged", "dist_sy", "diversity", "ncc", "ncc_excluded", "ncc_true", "brier", "ece", "aleatoric", "epistemic")
@@ -73,18 +73,6 @@ def test_common_subset_cell_keeps_its_numbers():
     cell = table3.rows[0][[c.name for c in table3.columns].index("NCC, common subset")]
     assert cell.text == "0.457 ± 0.012 (151 img)" and cell.mean == 0.4567
     assert table3.rows[1][[c.name for c in table3.columns].index("NCC, common subset")].text == "n/a"
-
-
-def test_markdown_rows_are_whole_lines_and_rich_fits_a_narrow_terminal():
-    result = build_tables("lidc", random_per_seed(), "50 (5 x 10)", scale=Scale(4, 8, 32))
-    for table in to_markdown(result).split("\n## ")[1:]:
-        rows = [line for line in table.splitlines() if line.startswith("|")]
-        assert len(rows) == 2 + len(METHODS)
-        assert len({row.count(" | ") for row in rows[:1] + rows[2:]}) == 1  # every row has every column
-    for width in (80, 130):
-        text = rich_text(result, width)
-        assert max(len(line) for line in text.splitlines()) <= width
-        assert "Table 2: GED on lidc" in text and "Smoke-scale run" in text
 
 
 def test_compare_rule_on_hand_made_numbers():
@@ -141,29 +129,6 @@ def test_smoke_banner_thresholds():
     assert html.startswith("<p class='banner'>Smoke-scale run")
 
 
-def test_published_values_of_hu_et_al():
-    per_seed = random_per_seed(seeds=3)
-    expected = {
-        "lidc-png": {"ged": ["0.267 ± 0.012", "0.346 ± 0.038", "0.553 ± 0.010"],
-                     "ncc": ["0.669 ± 0.011", "not reported", "0.597 ± 0.006"]},
-        "miccai2012": {"ged": ["0.373 ± 0.021", "0.382 ± 0.017", "0.571 ± 0.028"],
-                       "ncc": ["0.345 ± 0.005", "not reported", "0.299 ± 0.011"]},
-    }
-    for dataset, metrics in expected.items():
-        result = build_tables(dataset, per_seed, 50)
-        for table, metric, seeds in zip(result.tables[:2], ("ged", "ncc"), (5, 3)):
-            column = table.columns[-1]
-            assert column.kind == "published" and PUBLISHED_LABEL in column.name and PROTOCOL in column.name
-            assert f"{seeds} seeds" in column.name
-            assert [row[-1].text for row in table.rows] == metrics[metric]
-        assert all(c.kind != "published" for c in result.tables[2].columns)
-        assert any("slice-level" in note for note in result.notes)
-    for dataset in ("synthetic", "qubiq"):
-        result = build_tables(dataset, per_seed, 50)
-        assert all(c.kind != "published" for t in result.tables for c in t.columns)
-        assert any("No published values" in note for note in result.notes)
-
-
 def test_scale_and_samples_read_from_a_retrains_records():
     from types import SimpleNamespace
 
@@ -179,3 +144,86 @@ def test_scale_and_samples_read_from_a_retrains_records():
     per_seed = {"supervised": [{}, {}, {}], "kohl": [{}, {}]}
     assert recorded_scale({"per_seed": per_seed, "scale": {"epochs": 30, "image_px": 128}}, runs) == Scale(2, 30, 128)
     assert recorded_scale({"per_seed": per_seed}, runs) == Scale(2, 12, None)  # older results.json: from the runs
+
+
+def _sample_std(values: list[float]) -> float:
+    """Sample standard deviation (n - 1), written out."""
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def test_table_mean_and_std_summarise_the_per_seed_values():
+    """Table 2/3's mean ± std per method and metric are the per-seed values' mean and sample std (NaN seeds
+    left out; one seed: std 0), computed here independently."""
+    rng = np.random.default_rng(11)
+    per_seed = {
+        "supervised": [{"ged": float(g), "ncc": float(n), "ece": float(e)}
+                       for g, n, e in zip(rng.uniform(0.2, 0.4, 5), rng.uniform(0.3, 0.7, 5), rng.uniform(0, 0.1, 5))],
+        "kohl": [{"ged": 0.41, "ncc": float("nan")}, {"ged": 0.37, "ncc": 0.52}, {"ged": 0.45, "ncc": 0.48}],
+        "kendall_gal": [{"ged": 0.55, "ncc": 0.3}],
+    }
+    summary = aggregate(per_seed)
+    assert set(summary) == set(per_seed)
+    for method, rows in per_seed.items():
+        assert summary[method]["seeds"] == len(rows)
+        for key in ("ged", "ncc", "ece"):
+            values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
+            if not values:
+                assert f"{key}_mean" not in summary[method]
+                continue
+            assert summary[method][f"{key}_mean"] == pytest.approx(sum(values) / len(values), rel=1e-12)
+            expected_std = _sample_std(values) if len(values) > 1 else 0.0
+            assert summary[method][f"{key}_std"] == pytest.approx(expected_std, rel=1e-12, abs=1e-15)
+    assert summary["kohl"]["ncc_mean"] == pytest.approx(0.50) and summary["kohl"]["ncc_std"] == pytest.approx(
+        math.sqrt(0.0008))  # the NaN seed is left out: (0.52, 0.48)
+
+
+def test_common_subset_ncc_uses_the_images_every_method_defines():
+    """Per seed: the images where every method's NCC is defined; per method the mean over those images, then
+    mean ± sample std over seeds; `images` is the subset's size averaged over seeds."""
+    nan = float("nan")
+    results = [
+        {"seed": 0, "method": "supervised", "ncc_per_image": [0.9, 0.5, nan, 0.7, 0.1]},
+        {"seed": 0, "method": "kohl", "ncc_per_image": [0.2, nan, 0.4, 0.6, 0.3]},
+        {"seed": 1, "method": "supervised", "ncc_per_image": [0.8, 0.6, 0.6, nan, 0.2]},
+        {"seed": 1, "method": "kohl", "ncc_per_image": [0.1, 0.3, nan, 0.5, 0.4]},
+    ]
+    # seed 0 shares images 0, 3, 4; seed 1 shares images 0, 1, 4
+    expected_means = {"supervised": [(0.9 + 0.7 + 0.1) / 3, (0.8 + 0.6 + 0.2) / 3],
+                      "kohl": [(0.2 + 0.6 + 0.3) / 3, (0.1 + 0.3 + 0.4) / 3]}
+    got = common_subset_ncc(results)
+    assert set(got) == {"supervised", "kohl"}
+    for method, means in expected_means.items():
+        assert got[method]["mean"] == pytest.approx(sum(means) / 2, rel=1e-12)
+        assert got[method]["std"] == pytest.approx(_sample_std(means), rel=1e-12)
+        assert got[method]["images"] == 3
+    # a seed where no image is defined for every method counts as no value for it, not as 0
+    lone = common_subset_ncc(results + [{"seed": 2, "method": "supervised", "ncc_per_image": [nan] * 5},
+                                        {"seed": 2, "method": "kohl", "ncc_per_image": [0.5] * 5}])
+    assert lone["supervised"]["mean"] == pytest.approx(got["supervised"]["mean"])
+    assert lone["supervised"]["images"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("a, b, lower_is_better, verdict", [
+    ([0.30, 0.31, 0.29], [0.40, 0.41, 0.39], True, "reproduced"),  # GED: ours clearly lower
+    ([0.40, 0.41, 0.39], [0.30, 0.31, 0.29], True, "not reproduced (reversed)"),
+    ([0.61, 0.62, 0.60], [0.51, 0.52, 0.50], False, "reproduced"),  # NCC: ours clearly higher
+    ([0.51, 0.52, 0.50], [0.61, 0.62, 0.60], False, "not reproduced (reversed)"),
+    ([0.30, 0.35, 0.25], [0.31, 0.36, 0.27], True, "inconclusive"),  # spread swamps the difference
+    # both sample stds sqrt(2) * 0.01: SE = sqrt(2e-4 / 2 + 2e-4 / 2) = 0.01414, so 2 SE = 0.02828
+    ([0.29, 0.31], [0.32, 0.34], True, "reproduced"),  # difference 0.030 > 2 SE
+    ([0.29, 0.31], [0.315, 0.335], True, "inconclusive"),  # difference 0.025 < 2 SE
+    ([0.30, float("nan")], [0.40, 0.41], True, "inconclusive (fewer than 2 seeds)"),  # one finite seed
+])
+def test_study_verdict_rule_on_hand_made_numbers(a, b, lower_is_better, verdict):
+    """`supuq results`' rule: a difference of seed means beyond 2 standard errors (Welch) in the claimed
+    direction is reproduced, in the other reversed, else inconclusive."""
+    got, diff, se = compare(a, b, lower_is_better)
+    assert got == verdict
+    finite_a, finite_b = [x for x in a if math.isfinite(x)], [x for x in b if math.isfinite(x)]
+    if len(finite_a) < 2:
+        assert math.isnan(diff) and math.isnan(se)
+        return
+    assert diff == pytest.approx(sum(finite_a) / len(finite_a) - sum(finite_b) / len(finite_b), rel=1e-12)
+    expected_se = math.sqrt(_sample_std(finite_a) ** 2 / len(finite_a) + _sample_std(finite_b) ** 2 / len(finite_b))
+    assert se == pytest.approx(expected_se, rel=1e-12)
