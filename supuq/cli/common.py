@@ -79,9 +79,23 @@ def progress_bar(label: str, eta: bool = False):
         columns = [TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         if eta:
             columns += [TextColumn("ETA"), TimeRemainingColumn()]
-        with Progress(*columns, speed_estimate_period=WHOLE_RUN) as bar:
-            task = bar.add_task(label, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
+        bar = Progress(*columns, speed_estimate_period=WHOLE_RUN)
+        task = None
+
+        def update(done, total):
+            # The bar appears with the first step: a command that fails before any work (a bad checkpoint) prints
+            # its one error line and no empty bar.
+            nonlocal task
+            if task is None:
+                bar.start()
+                task = bar.add_task(label, total=None)
+            bar.update(task, completed=done, total=total)
+
+        try:
+            yield update
+        finally:
+            if task is not None:
+                bar.stop()
 
     return manager()
 
