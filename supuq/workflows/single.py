@@ -16,6 +16,7 @@ from ..config import Config, dump_config
 from ..data.prepare import load_dataset
 from ..evaluate import EvalResult, evaluate, fixed_figure_indices
 from ..figures import curves_figure, uncertainty_figure
+from ..outputs import check_output_folder
 from ..train import FitResult, fit
 
 
@@ -68,8 +69,7 @@ def train_and_evaluate(
 ) -> TrainOutcome:
     """Train `cfg`, evaluate on test, write figures; with `track`, log it all as one MLflow run."""
     started = time.perf_counter()
-    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(Path(out_dir) if out_dir is not None else default_out_dir(cfg))
     dump_config(cfg, out / "config.yaml")
     data = load_dataset(cfg.data)
     if not track:
