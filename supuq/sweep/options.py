@@ -88,10 +88,14 @@ def validated_space(raw: dict[str, Any], space_file: Path) -> SweepSpace:
 
 def check_space_values(space: SweepSpace, cfg: Config) -> None:
     """Every value a trial can draw must be one the config schema accepts, or each trial errors before it
-    starts: both ends of each range (the schema's bounds are intervals, so the ends decide), every choice and
-    every given first point, each on the base config. A one-line ConfigError before Ray starts."""
+    starts: both ends of each range (the schema's bounds are intervals, so the ends decide), every value of a
+    short int range (train.augment.kernel_size must be odd), every choice and every given first point, each on
+    the base config. A one-line ConfigError before Ray starts."""
     for key, dist in space.space.items():
-        for value in dist.value:
+        values = dist.value
+        if dist.kind == "int" and values[1] - values[0] <= 100:  # every integer: a rule may be no interval (odd sizes)
+            values = range(int(values[0]), int(values[1]) + 1)
+        for value in values:
             try:
                 cfg.updated({key: value})
             except ConfigError as err:
