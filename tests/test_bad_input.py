@@ -308,3 +308,30 @@ def test_a_grey_image_saved_as_rgb_is_still_accepted(ckpt, tmp_path):
                                  "--weight-samples", "2"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "pm.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("content", [b"not a pickle at all", "pickled-dict"])
+def test_resume_of_a_state_that_is_not_rays_is_one_line(content, tmp_path, monkeypatch, ray_session):
+    """A trusted folder (this user's, nobody else may write it) whose tuner.pkl is not Ray Tune's state: Ray
+    reads it and fails; supuq says so in one line naming the file, and the sweep's parent run is left as it was
+    (the state is restored before the run is reopened)."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = tracking.create_run(uri, "supuq/synthetic", run_name="foreign", tags={"supuq.kind": "sweep"})
+    tracking.end_run(uri, parent, "KILLED")
+    storage = _planted(tmp_path)
+    sweep = storage / "planted"
+    cfg = load_config(CONFIG, TINY_OVERRIDES)
+    space_raw = {"num_samples": 1, "scheduler": {"type": "none"}, "space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}}
+    (sweep / "supuq_sweep.json").write_text(json.dumps({"parent_run_id": parent, "tracking_uri": uri,
+                                                        "config": cfg.model_dump(mode="json"), "space_raw": space_raw}))
+    (sweep / "tuner.pkl").write_bytes(pickle.dumps({"not": "ray"}) if content == "pickled-dict" else content)
+    result = runner.invoke(app, _resume(tmp_path, storage))
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert f"{sweep}/tuner.pkl: not a Ray Tune sweep state this Ray can restore" in lines[0], result.output
+    assert tracking.get_run(uri, parent).info.status == "KILLED"
+    assert not (tmp_path / "payload-ran").exists()

@@ -77,12 +77,22 @@ def restore_tuner(path: str, trainable: Any, filesystem: Any):
 
     from ..tracking.store import one_line
 
+    def refuse(why: str):
+        return SupuqError(f"{path}/tuner.pkl: not a Ray Tune sweep state this Ray can restore ({why})")
+
     try:
-        return tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
-                                  storage_filesystem=filesystem)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True,
+                                   storage_filesystem=filesystem)
     except Exception as err:  # whatever the unpickled object lacks (KeyError, AttributeError, EOFError, ...)
-        raise SupuqError(f"{path}/tuner.pkl: not a Ray Tune sweep state this Ray can restore "
-                         f"({type(err).__name__}: {one_line(err)})") from None
+        raise refuse(f"{type(err).__name__}: {one_line(err)}") from None
+    # Ray's restore takes any pickled dict as its state and fails only later, inside fit; so check that the
+    # restored Tuner holds what Ray's own TunerInternal.__getstate__ saves (none of it with Ray Client).
+    internal = getattr(tuner, "_local_tuner", None)
+    missing = [name for name in ("_tuner_kwargs", "_tune_config", "_run_config")
+               if internal is not None and not hasattr(internal, name)]
+    if missing:
+        raise refuse(f"it holds no {', '.join(missing)}")
+    return tuner
 
 
 def finished_trials(tuner) -> list[dict[str, Any]]:
