@@ -156,7 +156,7 @@ def fit(
                     total = total * float("nan")  # testing hook: exercise the divergence path
                 if not torch.isfinite(total):
                     raise TrainingDiverged(epoch, step, {k: float(v) for k, v in terms.as_dict().items()},
-                                           loss=float(total))
+                                           loss=float(total.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

@@ -124,6 +124,10 @@ CASES = {
     "sweep-resume-storage-writable-by-others": (
         lambda t, c: _resume(t, _planted(t, storage_mode=0o777)), "(the storage folder) is writable by its group "
         "and all users", ["payload-ran"]),
+    "sweep-resume-state-not-json": (lambda t, c: _resume(t, _with_state(_planted(t), "{not json")),
+                                    "supuq_sweep.json: not valid JSON", ["payload-ran"]),
+    "sweep-resume-state-not-supuqs": (lambda t, c: _resume(t, _with_state(_planted(t), '{"a": 1}')),
+                                      "not a supuq sweep state (missing parent_run_id", ["payload-ran"]),
     # --- caches whose values no supuq reader writes
     "data-info-mask-value-7": (lambda t, c: ["data", "info", str(_cache(t, _mask_value_7))],
                                "masks must be 0 or 1, image 5 holds 7"),
@@ -209,6 +213,11 @@ def _planted(folder: Path, folder_mode: int = 0o755, file_mode: int = 0o644, own
     if link:
         (sweep / "searcher-state.pkl").symlink_to(state)
     return folder / "rr"
+
+
+def _with_state(storage: Path, text: str) -> Path:
+    (storage / "planted" / "supuq_sweep.json").write_text(text)
+    return storage
 
 
 def _resume(folder: Path, storage: Path) -> list[str]:

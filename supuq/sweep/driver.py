@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..config import dump_config, validate_config
 from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
@@ -88,7 +90,7 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             raise SupuqError(f"no sweep named {name!r} under {root} (nothing to resume)")
         state = _saved_state(state_text, f"{root}/{name}/{STATE_FILE}")
         cfg = validate_config(state["config"], "saved sweep config")
-        space = SweepSpace.model_validate(state["space_raw"])
+        space = _saved_space(state["space_raw"], f"{root}/{name}/{STATE_FILE}")
         uri = tracking.resolve_tracking_uri(opts.tracking_uri or state["tracking_uri"])
     else:
         cfg, space = prepare_sweep(opts)
@@ -203,6 +205,15 @@ def _saved_state(text: str, where: str) -> dict[str, Any]:
     if missing:
         raise SupuqError(f"{where}: not a supuq sweep state (missing {', '.join(missing)})")
     return state
+
+
+def _saved_space(raw: Any, where: str) -> SweepSpace:
+    try:
+        return SweepSpace.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SupuqError(f"{where}: saved search space invalid at {'.'.join(map(str, first['loc'])) or 'space'}: "
+                         f"{first['msg']}") from None
 
 
 def _new_state(parent_id: str, uri: str, cfg, space: SweepSpace) -> dict[str, Any]:
