@@ -20,7 +20,14 @@ class DataError(SupuqError):
 class TrainingDiverged(SupuqError):
     """The training loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, terms: dict | None = None):
-        self.epoch, self.step, self.terms = epoch, step, dict(terms or {})
+    def __init__(self, epoch: int, step: int, terms: dict | None = None, loss: float | None = None):
+        self.epoch, self.step, self.terms, self.loss = epoch, step, dict(terms or {}), loss
         shown = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
         super().__init__(f"training diverged at epoch {epoch}, step {step}: non-finite loss ({shown})")
+
+    @property
+    def reason(self) -> str:
+        """The short form a sweep tags the trial with: "training diverged at epoch 3: loss is NaN"."""
+        value = self.loss if self.loss is not None else next(
+            (v for v in self.terms.values() if v != v or v in (float("inf"), float("-inf"))), float("nan"))
+        return f"training diverged at epoch {self.epoch}: loss is {'NaN' if value != value else 'infinite'}"

@@ -163,7 +163,8 @@ def fit(
                 if cfg.train.inject_nan_at_epoch == epoch:
                     total = total * float("nan")  # testing hook: exercise the divergence path
                 if not torch.isfinite(total):
-                    raise TrainingDiverged(epoch, step, {k: float(v) for k, v in terms.as_dict().items()})
+                    raise TrainingDiverged(epoch, step, {k: float(v) for k, v in terms.as_dict().items()},
+                                           loss=float(total.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

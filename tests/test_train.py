@@ -82,6 +82,7 @@ def test_nan_loss_raises_training_diverged(tiny_cfg):
     with pytest.raises(TrainingDiverged) as err:
         fit(tiny_cfg.updated({"train.inject_nan_at_epoch": 2}))
     assert err.value.epoch == 2 and "epoch 2" in str(err.value)
+    assert err.value.reason == "training diverged at epoch 2: loss is NaN"  # what a sweep tags the trial with
 
 
 def test_seeds_vary_the_model_not_the_split(tiny_cfg):

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import SupuqError
 
@@ -49,7 +50,8 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except SupuqError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            # escaped: a message's own brackets ("[lo, hi]") are text, not rich markup to swallow
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")

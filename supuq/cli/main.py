@@ -182,8 +182,12 @@ def sweep(
         console.print("Pareto-optimal trials (min val/ged, max val/ncc): "
                       + ", ".join(t["trial_id"] for t in front)
                       + f"; list and retrain one with: supuq best --sweep {outcome.name} --objective both --pick N")
-    console.print(f"{len(outcome.trials)} trials, {outcome.stopped_early} stopped early by ASHA, "
-                  f"{outcome.seconds:.0f} s; best config: {outcome.path}/best.yaml")
+    failed = sum(t["status"] == "ERROR" for t in outcome.trials)
+    best = (f"best config: {outcome.path}/best.yaml" if outcome.best is not None else
+            f"no trial ended with a finite {outcome.metric}, so no best.yaml (each trial's error is its run's "
+            "supuq.stop_reason)")
+    console.print(f"{len(outcome.trials)} trials, {outcome.stopped_early} stopped early by ASHA"
+                  + (f", {failed} failed" if failed else "") + f", {outcome.seconds:.0f} s; {best}")
     console.print(f"MLflow parent run {outcome.parent_run_id}; browse with: supuq ui")
 
 

@@ -3,7 +3,7 @@
 Cache layout (one folder): images.npy float32 [N,1,H,W] in [0,1]; masks.npy uint8 [N,D,H,W] in {0,1};
 groups.npy str [N] (patient / case id); optional prob.npy float32 [N,H,W] (true foreground probability,
 synthetic only); meta.json (dataset, source, preprocessing, counts, format_version). Arrays are loaded with
-mmap. A cache is written to a temporary sibling folder and renamed, so a half-written cache never looks
+mmap, their values checked at load in bounded chunks (`check_values`). A cache is written to a temporary sibling folder and renamed, so a half-written cache never looks
 complete. Writing never loses the user's files: a cache replaces only an empty folder or an earlier cache that
 holds nothing but cache files (`check_cache_target`). Folders and files get the usual permissions of the
 user's umask (group-readable under 022), so a cache on shared storage or in a container running as another
@@ -186,4 +186,37 @@ class MultiGraderSet:
                 raise DataError(f"{folder / name}: unreadable or truncated ({err})") from None
 
         prob = read("prob.npy") if (folder / "prob.npy").is_file() else None
-        return cls(read("images.npy"), read("masks.npy"), read("groups.npy"), prob, meta)
+        data = cls(read("images.npy"), read("masks.npy"), read("groups.npy"), prob, meta)
+        check_values(folder / "images.npy", data.images, "images", binary=False)
+        check_values(folder / "masks.npy", data.masks, "masks", binary=True)
+        if prob is not None:
+            check_values(folder / "prob.npy", prob, "probabilities", binary=False)
+        return data
+
+
+CHECK_CHUNK_BYTES = 64 * 2**20
+"""How much of an array `check_values` reads at a time: a memory-mapped cache is never read into memory whole."""
+
+
+def check_values(path: Path, array: np.ndarray, what: str, binary: bool) -> None:
+    """DataError (one line, naming the file and the first bad image) unless every value of `array` [N, ...] is
+    0 or 1 (`binary`: masks) or a finite number in [0, 1] (images, probabilities). A cache edited or written
+    by other code would otherwise train on, or `data info` describe, values no supuq reader produces (a mask
+    value of 7 gives a negative grader variance). Read in chunks of rows of about `CHECK_CHUNK_BYTES`."""
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise DataError(f"{path}: {what} must be numbers, got dtype {array.dtype}; prepare the cache again")
+    row_bytes = max(1, int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize)
+    rows = max(1, CHECK_CHUNK_BYTES // row_bytes)
+    for start in range(0, len(array), rows):
+        chunk = np.asarray(array[start : start + rows])
+        low, high = chunk.min(), chunk.max()  # NaN propagates into both, so NaN fails the range test too
+        exact = not binary or np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_
+        if low >= 0 and high <= 1 and (exact or bool(((chunk == 0) | (chunk == 1)).all())):
+            continue
+        flat = chunk.reshape(len(chunk), -1)
+        bad = ~((flat == 0) | (flat == 1)) if binary else ~((flat >= 0) & (flat <= 1))  # NaN is bad here too
+        row = int(np.argmax(bad.any(axis=1)))
+        value = flat[row][bad[row]][0].item()
+        expected = "0 or 1" if binary else "finite and in [0, 1]"
+        raise DataError(f"{path}: {what} must be {expected}, image {start + row} holds {value!r}; "
+                        "this is not a cache supuq wrote as is (prepare it again)")

@@ -52,6 +52,7 @@ from ..data.preprocessing import apply as preprocess
 from ..errors import SupuqError
 from ..evaluate import predict_samples
 from ..models import registry
+from ..outputs import check_output_folder
 from ..sampling import binarize, decompose
 from .io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
                  stacked_like, write_maps)
@@ -321,6 +322,7 @@ def predict(
     image = scalar_image(image)
     chosen, used = (annotated_slices(image, input_path, annotations) if slices == "annotated" else (None, []))
     torch_device = resolve_device(device)
+    out_dir = check_output_folder(out_dir)  # before the model runs: a bad --out is one line, not lost work
     loaded = load_model(checkpoint, torch_device, source)
     if on_model is not None:
         on_model(loaded)
@@ -329,8 +331,6 @@ def predict(
     maps = predict_volume(loaded.model, loaded.cfg, image, samples, weight_samples, crop, record, chosen,
                           batch_size, torch_device, seed, save_samples, progress, info, loaded.data_meta, overlap)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     files = write_maps(maps, out_dir, ext)
     image_x = info.pop("_image")
     overview = overview_figure(image_x, maps, info, out_dir / "overview.png")

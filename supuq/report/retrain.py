@@ -30,6 +30,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SupuqError
 from ..evaluate import pool_reliability
+from ..outputs import check_output_file
 from ..workflows.published import PAPER
 from ..models.registry import SHORT_LABELS
 from ..workflows.tables import METHOD_LABELS, build_tables, recorded_scale, samples_of
@@ -77,6 +78,7 @@ def write_report(uri: str, ref: str, out: str | Path, log_artifact: bool = True)
     as the run's artifact `report.html`."""
     from .. import tracking
 
+    out = check_output_file(out)  # before the figures are drawn: a bad --out is one line at once
     uri = tracking.resolve_tracking_uri(uri)
     run = resolve_target(uri, ref)
     kind = run.data.tags["supuq.kind"]
@@ -84,8 +86,6 @@ def write_report(uri: str, ref: str, out: str | Path, log_artifact: bool = True)
         work = Path(tmp)
         body = retrain_sections(uri, run, work) if kind == "retrain" else sweep_sections(uri, run, work)
         page = html_page(f"supuq {kind} report: {run.info.run_name}", _header(uri, run, kind) + body)
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")
         if log_artifact:
             from mlflow import MlflowClient

@@ -8,9 +8,11 @@ Tune function trainables). The trainable (`sweep.trainable`) is a thin adapter: 
 Sweep folder `<storage>/<name>/` holds Ray's experiment state, `supuq_sweep.json` (parent run id, tracking
 URI, base config, space: what `--resume` needs) and `best.yaml` at the end.
 
-Storage paths (local or s3://) are `sweep.storage`; the searcher `sweep.search`; the progress bar, trial
-summaries and the child runs' final status `sweep.results`; the best trial `sweep.selection`; joining Ray and
-checking (or waiting for) the cluster's resources `sweep.cluster`.
+The options and their checks before Ray starts are `sweep.options`; storage paths (local or s3://) and sweep
+names `sweep.storage`; what `--resume` trusts and restores `sweep.resume`; the searcher `sweep.search`; the
+progress bar, trial summaries and the child runs' final status `sweep.results`; the best trial
+`sweep.selection`; joining Ray and checking (or waiting for) the cluster's resources `sweep.cluster`; trials'
+work folders `sweep.workdirs`.
 """
 
 from __future__ import annotations
@@ -19,44 +21,28 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import Config, dump_config, validate_config
-from ..data.registry import dataset as registry_entry, load_dataset_config
+from pydantic import ValidationError
+
+from ..config import dump_config, validate_config
 from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
+from .options import SweepOptions, prepare_sweep
 from .results import (TrialProgress, best_params, finalize_child_runs, space_params, summarize_trials,
                       sweep_description)
+from .resume import LiveCallback, check_trusted, finished_trials, restore_tuner
 from .selection import best_row, fallback_note, rank_trials
-from .space import SweepSpace, check_method_keys, load_space, objective_changes
+from .space import SweepSpace
 from .search import NanSafeOptunaSearch, param_space
-from .storage import ray_storage, read_text, storage_root, write_text
+from .storage import check_storage_root, check_sweep_name, ray_storage, read_text, storage_root, write_text
 from .trainable import trial_main
+from .workdirs import remove_leftovers
+
+__all__ = ["SweepInterrupted", "SweepOptions", "SweepOutcome", "grace_period", "prepare_sweep", "run_sweep"]
 
 STATE_FILE = "supuq_sweep.json"
-
-
-@dataclass
-class SweepOptions:
-    """Everything `supuq sweep` accepts; None means "from the space file / config"."""
-
-    dataset: str = "synthetic"
-    config: Path | None = None
-    space: Path | None = None
-    samples: int | None = None
-    concurrent: int | None = None
-    overrides: list[str] = field(default_factory=list)
-    gpus_per_trial: float | None = None
-    cpus_per_trial: float | None = None
-    address: str | None = None
-    storage: str | None = None
-    tracking_uri: str | None = None
-    name: str | None = None
-    resume: str | None = None
-    objective: str | None = None  # ged | ncc | both (None: the space file's metric); see objective_changes
-    wait_for_resources: float = 0.0  # seconds to wait (asking the autoscaler) for nodes that can run a trial
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -84,61 +70,32 @@ class SweepOutcome:
 # ------------------------------------------------------------------------------------------------- driver
 
 
-def prepare_sweep(opts: SweepOptions) -> tuple[Config, SweepSpace]:
-    """Load and validate the config and search space (before Ray starts), with CLI overrides applied.
-
-    Both default to the dataset's files in `data.registry`; a config of the dataset's family is taken for it
-    (`--dataset lidc-toolbox` sweeps configs/lidc.yaml with data.dataset=lidc-toolbox)."""
-    entry = registry_entry(opts.dataset)
-    cfg = load_dataset_config(opts.dataset, opts.config, opts.overrides)
-    space = load_space(opts.space or entry.space_path())
-    changes: dict[str, Any] = {}
-    if opts.samples is not None:
-        changes["num_samples"] = opts.samples
-    if opts.concurrent is not None:
-        changes["max_concurrent"] = opts.concurrent
-    resources = space.resources.model_dump()
-    if opts.cpus_per_trial is not None:
-        resources["cpu"] = opts.cpus_per_trial
-    if opts.gpus_per_trial is not None:
-        resources["gpu"] = opts.gpus_per_trial
-    changes["resources"] = resources
-    if opts.objective is not None:
-        changes.update(objective_changes(opts.objective, space))
-    raw = {**space.model_dump(mode="json"), **changes}
-    raw["space"] = {k: {d["kind"]: d["value"]} for k, d in raw["space"].items()}
-    space = SweepSpace.model_validate(raw)
-    check_method_keys(space, cfg)
-    # Catch values the config schema rejects before Ray starts: each range's lower end, each given point.
-    for key, dist in space.space.items():
-        cfg.updated({key: dist.value[0]})
-    for point in space.first_points(cfg):
-        cfg.updated(point)
-    return cfg, space
-
-
 def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
-    """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    """Run (or with `opts.resume`, continue) a sweep; returns its trials and best config.
 
+    Every input is checked before a run is opened (sweep name, storage, config, space; on resume the folder's
+    trust); every run opened is ended whatever fails later (the parent by `tracked_run`, children left RUNNING
+    by `end_stale_runs`)."""
     from .. import tracking
     from ..data.prepare import default_cache_dir, load_dataset
 
     started = time.perf_counter()
     root = storage_root(opts.storage)
+    check_storage_root(root)
+    remove_leftovers()  # trial work folders on this host whose process died with an earlier driver
     if opts.resume:
-        name = opts.resume
+        name = check_sweep_name(opts.resume, "--resume")
+        check_trusted(root, name)  # before anything in the folder is read: Ray's state is pickled
         state_text = read_text(root, f"{name}/{STATE_FILE}")
         if state_text is None:
             raise SupuqError(f"no sweep named {name!r} under {root} (nothing to resume)")
-        state = json.loads(state_text)
+        state = _saved_state(state_text, f"{root}/{name}/{STATE_FILE}")
         cfg = validate_config(state["config"], "saved sweep config")
-        space = SweepSpace.model_validate(state["space_raw"])
+        space = _saved_space(state["space_raw"], f"{root}/{name}/{STATE_FILE}")
         uri = tracking.resolve_tracking_uri(opts.tracking_uri or state["tracking_uri"])
     else:
         cfg, space = prepare_sweep(opts)
-        name = opts.name or f"{opts.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name = check_sweep_name(opts.name) if opts.name else f"{opts.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         if read_text(root, f"{name}/{STATE_FILE}") is not None:
             raise SupuqError(f"a sweep named {name!r} already exists under {root}; use --resume {name} or another --name")
         uri = tracking.resolve_tracking_uri(opts.tracking_uri)
@@ -164,88 +121,56 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
         else:
             print(text, flush=True)
 
+    def trainable_for(parent_id: str):
+        from ray import tune
+
+        objectives = tuple(o.metric for o in space.objectives) if space.objectives else (space.metric,)
+        return tune.with_resources(
+            tune.with_parameters(
+                trial_main, base=json.dumps(cfg.model_dump(mode="json")), uri=uri, experiment=experiment,
+                parent_run_id=parent_id, sweep=name, objectives=objectives,
+            ),
+            {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
+        )
+
+    progress = (TrialProgress(space.num_samples, space.metric, space.mode, max_epochs)
+                if console is not None else None)
+    live = LiveCallback(name, progress)  # what Tune pickles: a name for the live bar, not the bar
     owns_ray = connect_ray(opts.address)
     requested = False
     try:
         requested = check_resources(space, opts.wait_for_resources, say=say)
+        # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
+        fs, ray_root = ray_storage(root)
         if opts.resume:
             parent_id = state["parent_run_id"]
+            # Restored before the parent run is reopened: a state Ray cannot read leaves the runs as they were.
+            tuner = restore_tuner(f"{ray_root}/{name}", trainable_for(parent_id), fs)
         else:
             parent_id = tracking.create_run(
                 uri, experiment, run_name=name,
                 tags={"supuq.kind": "sweep", "supuq.dataset": cfg.data.dataset, "supuq.objective": space.objective},
             )
-            space_raw = space.model_dump(mode="json")
-            space_raw["space"] = {k: {d["kind"]: d["value"]} for k, d in space_raw["space"].items()}
-            state = {
-                "parent_run_id": parent_id, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
-                "space_raw": space_raw, "dataset": cfg.data.dataset, "created": time.time(),
-            }
-            write_text(root, f"{name}/{STATE_FILE}", json.dumps(state, indent=2))
-
-        trainable = tune.with_resources(
-            tune.with_parameters(
-                trial_main, base=json.dumps(cfg.model_dump(mode="json")), uri=uri, experiment=experiment,
-                parent_run_id=parent_id,
-            ),
-            {"cpu": space.resources.cpu, "gpu": space.resources.gpu},
-        )
-        # With an explicit filesystem Ray wants the path inside it (bucket/prefix), not the s3:// URI.
-        fs, ray_root = ray_storage(root)
-        progress = (TrialProgress(space.num_samples, space.metric, space.mode, max_epochs)
-                    if console is not None else None)
-        with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, (progress or contextlib.nullcontext()):
-            if not opts.resume:
+        # From here on every failure ends the parent run (tracked_run) and the children left RUNNING.
+        with tracking.tracked_run(uri, experiment, run_id=parent_id) as parent, \
+                _ending_stale_children(uri, parent_id), (progress or contextlib.nullcontext()):
+            if opts.resume:
+                live.replay_finished(finished_trials(tuner))
+            else:
+                state = _new_state(parent_id, uri, cfg, space)
+                write_text(root, f"{name}/{STATE_FILE}", json.dumps(state, indent=2))
                 parent.log_config(cfg)
                 parent.log_params(space_params(space))
                 parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
-            if opts.resume:
-                tuner = tune.Tuner.restore(
-                    f"{ray_root}/{name}", trainable, resume_unfinished=True, restart_errored=True,
-                    storage_filesystem=fs,
-                )
-            else:
-                # Multi-objective: Ray's OptunaSearch takes the metric and mode lists itself, and TuneConfig must
-                # then name no metric (Tune would hand the searcher its single one); `objectives` has no ASHA.
-                multi = space.objectives is not None
-                searcher = NanSafeOptunaSearch(
-                    metric=[o.metric for o in space.objectives] if multi else None,
-                    mode=[o.mode for o in space.objectives] if multi else None,
-                    seed=space.seed, points_to_evaluate=space.first_points(cfg) or None,
-                )
-                scheduler = (
-                    ASHAScheduler(time_attr="epoch", max_t=max_epochs,
-                                  grace_period=grace_period(space, max_epochs, say),
-                                  reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
-                    if space.scheduler.type == "asha"
-                    else FIFOScheduler()
-                )
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=param_space(space),
-                    tune_config=tune.TuneConfig(
-                        metric=None if multi else space.metric, mode=None if multi else space.mode,
-                        num_samples=space.num_samples,
-                        # Tune wraps the searcher in a ConcurrencyLimiter of this size; without the limit a
-                        # custom searcher runs trials almost one at a time.
-                        search_alg=searcher,
-                        scheduler=scheduler, max_concurrent_trials=space.max_concurrent,
-                        # A finished trial's worker process takes the next trial: no new process, no imports of
-                        # torch / MLflow / supuq, no dataset load again (bench/sweep.py measures the difference).
-                        reuse_actors=True,
-                    ),
-                    run_config=tune.RunConfig(
-                        name=name, storage_path=ray_root, storage_filesystem=fs,
-                        failure_config=tune.FailureConfig(max_failures=space.max_failures),
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                        verbose=0, callbacks=[progress] if progress else None,
-                    ),
-                )
+                tuner = _new_tuner(trainable_for(parent_id), space, cfg, name, ray_root, fs, max_epochs, live, say)
             grid = tuner.fit()
             trials = rank_trials(summarize_trials(grid, space), space.metric, space.mode, max_epochs)
-            complete = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials) >= space.num_samples
+            finished = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
+            complete = finished >= space.num_samples
             stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete, space.metric)
-            best, full_length = best_row(trials, space.metric, space.mode, max_epochs)
+            # best.yaml is chosen among the trials that ended, never from one an interrupt cut short.
+            ended = [t for t in trials if t["status"] == "TERMINATED"]
+            best, full_length = best_row(ended, space.metric, space.mode, max_epochs)
             if best is not None and not full_length:
                 say(fallback_note(space.metric, max_epochs))
             if best is not None:
@@ -261,17 +186,106 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
             parent.set_tags({"supuq.complete": str(complete).lower(), "supuq.asha_stopped": str(stopped),
                              "mlflow.note.content": sweep_description(name, trials, best, space, max_epochs)})
             if not complete:  # the parent run ends KILLED; the CLI prints how to resume
-                finished = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
                 raise SweepInterrupted(name, finished, space.num_samples)
     finally:
         import ray
 
+        live.release()
         if requested and ray.is_initialized():
             release_resources()
         if owns_ray:
             ray.shutdown()
     return SweepOutcome(name, f"{root}/{name}", parent_id, trials, best, complete, stopped,
                         time.perf_counter() - started, space.metric, max_epochs)
+
+
+def _saved_state(text: str, where: str) -> dict[str, Any]:
+    """The sweep's own state file (JSON, never pickled), one line when it is not what supuq wrote."""
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SupuqError(f"{where}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    missing = [k for k in ("parent_run_id", "tracking_uri", "config", "space_raw") if not isinstance(state, dict)
+               or k not in state]
+    if missing:
+        raise SupuqError(f"{where}: not a supuq sweep state (missing {', '.join(missing)})")
+    return state
+
+
+def _saved_space(raw: Any, where: str) -> SweepSpace:
+    try:
+        return SweepSpace.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise SupuqError(f"{where}: saved search space invalid at {'.'.join(map(str, first['loc'])) or 'space'}: "
+                         f"{first['msg']}") from None
+
+
+def _new_state(parent_id: str, uri: str, cfg, space: SweepSpace) -> dict[str, Any]:
+    """What `--resume` needs, saved as `supuq_sweep.json` in the sweep folder."""
+    space_raw = space.model_dump(mode="json")
+    space_raw["space"] = {k: {d["kind"]: d["value"]} for k, d in space_raw["space"].items()}
+    return {"parent_run_id": parent_id, "tracking_uri": uri, "config": cfg.model_dump(mode="json"),
+            "space_raw": space_raw, "dataset": cfg.data.dataset, "created": time.time()}
+
+
+@contextlib.contextmanager
+def _ending_stale_children(uri: str, parent_id: str):
+    """On an error out of the block (not the interrupt the driver raises itself, after `finalize_child_runs`),
+    end KILLED the child runs their trials left RUNNING: once Tune has given up, nothing will end them."""
+    from .. import tracking
+
+    try:
+        yield
+    except SweepInterrupted:
+        raise
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error in flight matters more than a cleanup that fails
+            tracking.end_stale_runs(uri, parent_id, "KILLED")
+        raise
+
+
+def _new_tuner(trainable, space: SweepSpace, cfg, name: str, ray_root: str, fs, max_epochs: int, live, say):
+    """Tune's Tuner for a new sweep: Optuna's TPE (multi-objective when the space has objectives), ASHA or
+    FIFO, one worker process reused across trials."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # Multi-objective: Ray's OptunaSearch takes the metric and mode lists itself, and TuneConfig must
+    # then name no metric (Tune would hand the searcher its single one); `objectives` has no ASHA.
+    multi = space.objectives is not None
+    searcher = NanSafeOptunaSearch(
+        metric=[o.metric for o in space.objectives] if multi else None,
+        mode=[o.mode for o in space.objectives] if multi else None,
+        seed=space.seed, points_to_evaluate=space.first_points(cfg) or None,
+    )
+    scheduler = (
+        ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=grace_period(space, max_epochs, say),
+                      reduction_factor=space.scheduler.reduction_factor, stop_last_trials=False)
+        if space.scheduler.type == "asha"
+        else FIFOScheduler()
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=None if multi else space.metric, mode=None if multi else space.mode,
+            num_samples=space.num_samples,
+            # Tune wraps the searcher in a ConcurrencyLimiter of this size; without the limit a
+            # custom searcher runs trials almost one at a time.
+            search_alg=searcher,
+            scheduler=scheduler, max_concurrent_trials=space.max_concurrent,
+            # A finished trial's worker process takes the next trial: no new process, no imports of
+            # torch / MLflow / supuq, no dataset load again (bench/sweep.py measures the difference).
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=ray_root, storage_filesystem=fs,
+            failure_config=tune.FailureConfig(max_failures=space.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0, callbacks=[live],
+        ),
+    )
 
 
 def grace_period(space: SweepSpace, max_epochs: int, say) -> int:

@@ -8,6 +8,7 @@ Driver-side only (the trials themselves run `sweep.trainable.trial_main`).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ from .space import SweepSpace
 
 TRIAL_TAG = "supuq.trial_id"
 """The child-run tag naming its Ray trial: how a resumed trial finds its run, and the driver its trials' runs."""
+
+FAILED_KEY = "supuq_failed"
+"""A trial's last Tune result carries this key (the reason, e.g. "training diverged at epoch 3: loss is NaN")
+when the trial ended itself as failed rather than raise (which Tune would retry): `sweep.trainable`."""
 
 
 class TrialProgress(Callback):
@@ -133,16 +138,26 @@ def _short_trial(trial_id: str) -> str:
 
 
 def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
-    """One dict per trial: id, status (TERMINATED/ERROR/...), params, last metrics, epochs reached, node."""
+    """One dict per trial: id, status, params, last metrics, epochs reached, node.
+
+    The status is Tune's: ERROR for a trial that raised (after Ray's retries) or ended itself as failed
+    (`FAILED_KEY`: it diverged), with a readable one-line `error`; TERMINATED for one whose last result is
+    `done` (it ran all its epochs, or the scheduler stopped it); otherwise INTERRUPTED when it had reported
+    something before the sweep stopped (Ctrl-C, a killed driver) and PENDING when it never reported."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         config = result.config or {}
         trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
+        failed = metrics.get(FAILED_KEY)
+        if result.error is not None or failed:
+            status, error = "ERROR", str(failed) if failed else readable_error(result.error)
+        else:
+            status, error = ("TERMINATED" if metrics.get("done") else "INTERRUPTED" if metrics else "PENDING"), None
         rows.append({
             "trial_id": trial_id,
-            "status": "ERROR" if result.error else ("TERMINATED" if metrics else "PENDING"),
-            "error": str(result.error).splitlines()[0] if result.error else None,
+            "status": status,
+            "error": error,
             "params": {k: config[k] for k in space.space if k in config},
             "metrics": {k: float(v) for k, v in metrics.items() if "/" in k and isinstance(v, (int, float))},
             "epochs": int(metrics.get("epoch", 0)),
@@ -151,6 +166,21 @@ def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
             "path": result.path,
         })
     return rows
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def readable_error(error: BaseException) -> str:
+    """One line for a trial's error without Ray's wrapping: the original exception (a RayTaskError's cause) as
+    "Type: message", colour codes removed; Ray's own errors (a dead worker) keep their first line."""
+    cause = getattr(error, "cause", None)
+    shown = cause if isinstance(cause, BaseException) else error
+    text = _ANSI.sub("", str(shown)).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    if shown is cause:
+        first = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+    return (first or type(error).__name__)[:300]
 
 
 def _trial_id_from_path(path: str | None) -> str:

@@ -1,5 +1,6 @@
 """The searcher Tune asks for each trial's params: Optuna's TPE through Ray's OptunaSearch, with the search
-space of a `SweepSpace` in Tune's distributions, and a NaN NCC told to the searcher as the worst NCC.
+space of a `SweepSpace` in Tune's distributions, a NaN NCC told to the searcher as the worst NCC, and a trial
+that ended itself as failed told as failed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 from ray.tune.search.optuna import OptunaSearch
 
 from ..verbosity import verbose
+from .results import FAILED_KEY
 from .space import SweepSpace
 
 NCC_WORST = -1.0
@@ -38,9 +40,13 @@ class NanSafeOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        super().on_trial_result(trial_id, searchable(result))
+        if FAILED_KEY not in result:  # a failed trial's last result holds NaN objectives, not a measurement
+            super().on_trial_result(trial_id, searchable(result))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and FAILED_KEY in result:  # it ended itself as failed (diverged): Optuna's FAIL, as for an error
+            super().on_trial_complete(trial_id, None, error=True)
+            return
         super().on_trial_complete(trial_id, searchable(result) if result else result, error)
 
 

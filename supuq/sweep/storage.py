@@ -8,8 +8,40 @@ endpoint; Ray then needs the same filesystem and the path inside it (`ray_storag
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+from ..errors import SupuqError
+
+_SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+@=-]{0,127}")
+"""A sweep name is one path component (Ray's experiment folder under the storage root): no separator, no
+leading dot (so neither `..` nor a hidden folder), only characters every filesystem and S3 key takes as is."""
+
+
+def check_sweep_name(name: str, option: str = "--name") -> str:
+    """`name` if it is a single safe path component; else a one-line SupuqError (e.g. `--name ../escaped`,
+    which would write the sweep's files outside --storage)."""
+    if not _SWEEP_NAME.fullmatch(name):
+        raise SupuqError(f"{option} {name!r}: a sweep name is one folder name of letters, digits and . _ + @ = - "
+                         "starting with a letter or digit, at most 128 characters")
+    return name
+
+
+def check_storage_root(root: str) -> None:
+    """A local storage root must be a folder (or not exist yet) with no file on its path, so that the sweep's
+    folder can be made: checked before any run is opened, so a bad --storage leaves nothing behind."""
+    if "://" in root:
+        return
+    path = Path(root)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is a file" if folder == path else f"is below the file {folder}"
+                raise SupuqError(f"--storage {root}: {what}, not a folder for the sweep's files")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise SupuqError(f"--storage {root}: {folder} is not writable by this user")
+            return
 
 
 def storage_root(storage: str | None) -> str:

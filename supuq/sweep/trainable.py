@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import Config, validate_config
-from .results import TRIAL_TAG, trial_summary
+from .results import FAILED_KEY, TRIAL_TAG, trial_summary
+from .workdirs import trial_workdir
 
-def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str) -> None:
-    """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`."""
+def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, parent_run_id: str,
+               sweep: str = "sweep", objectives: tuple[str, ...] = ("val/ged",)) -> None:
+    """Ray Tune function trainable: one trial = one `fit` of the base config updated with `params`.
+
+    A trial whose training diverges (NaN or infinite loss) ends at once, without Ray's retry (divergence is
+    deterministic: a retry would diverge again and log its epochs twice): its run is FAILED with the reason as
+    `supuq.stop_reason`, and its last Tune result carries the reason under `FAILED_KEY` with `objectives` NaN,
+    which the driver (`results.summarize_trials`) and the searcher read as a failed trial."""
     import ray
     import torch
     from ray import tune
 
     from .. import tracking
+    from ..errors import TrainingDiverged
     from ..train import fit
 
     ctx = tune.get_context()
@@ -39,34 +47,47 @@ def trial_main(params: dict[str, Any], base: str, uri: str, experiment: str, par
     # cluster whose nodes share an IP (several nodes per host), only the node id tells them apart.
     node_id = ray.get_runtime_context().get_node_id()
     tags = {**tracking.standard_tags(cfg), TRIAL_TAG: trial_id, "supuq.kind": "trial", "supuq.node_id": node_id}
-    with contextlib.ExitStack() as stack:
-        resume_dir = None
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            resume_dir = stack.enter_context(checkpoint.as_directory())
-        run = stack.enter_context(
-            tracking.tracked_run(uri, experiment, run_name=trial_name, parent_run_id=parent_run_id, tags=tags,
-                                 run_id=run_id)
-        )
-        if run_id is None:
-            run.log_config(cfg)
-            # The UI's description until the driver writes the trial's result there (finalize_child_runs).
-            run.set_tags({"mlflow.note.content": trial_summary({"params": params}, "", cfg.train.epochs)})
-        # The worker process too: with reuse_actors one process runs trial after trial (same pid on several runs).
-        run.set_tags({"supuq.config": json.dumps(cfg.model_dump(mode="json")), "supuq.worker_pid": os.getpid()})
-        log = tracking.MlflowReporter(run, quiet=True)
-        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="supuq-trial-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            resume_dir = None
+            checkpoint = tune.get_checkpoint()
+            if checkpoint is not None:
+                resume_dir = stack.enter_context(checkpoint.as_directory())
+            run = stack.enter_context(
+                tracking.tracked_run(uri, experiment, run_name=trial_name, parent_run_id=parent_run_id, tags=tags,
+                                     run_id=run_id)
+            )
+            if run_id is None:
+                run.log_config(cfg)
+                # The UI's description until the driver writes the trial's result there (finalize_child_runs).
+                run.set_tags({"mlflow.note.content": trial_summary({"params": params}, "", cfg.train.epochs)})
+            # The worker process too: with reuse_actors one process runs trial after trial (same pid on several runs).
+            run.set_tags({"supuq.config": json.dumps(cfg.model_dump(mode="json")), "supuq.worker_pid": os.getpid()})
+            # A resumed trial (driver killed, node lost) restarts from its last checkpoint, at or before the last
+            # epoch its run holds: those epochs are not logged again.
+            logged = tracking.MlflowReporter.last_logged_epoch(run) if run_id is not None else 0
+            log = tracking.MlflowReporter(run, quiet=True, logged_through=logged)
+            workdir = stack.enter_context(trial_workdir(sweep))
 
-        def report(metrics: dict[str, float], epoch: int, checkpoint_path: str | None) -> None:
-            log(metrics, epoch, checkpoint_path)
-            # Tune hears only validation epochs (each with its checkpoint): the searcher and ASHA need the
-            # validation metric in every result, and ASHA's time axis is the "epoch" key, not the report count.
-            if any(key.startswith("val/") for key in metrics):
-                saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
-                tune.report({**metrics, "epoch": epoch, "node_id": node_id}, checkpoint=saved)
+            def report(metrics: dict[str, float], epoch: int, checkpoint_path: str | None) -> None:
+                log(metrics, epoch, checkpoint_path)
+                # Tune hears only validation epochs (each with its checkpoint): the searcher and ASHA need the
+                # validation metric in every result, and ASHA's time axis is the "epoch" key, not the report count.
+                if any(key.startswith("val/") for key in metrics):
+                    saved = tune.Checkpoint.from_directory(os.path.dirname(checkpoint_path)) if checkpoint_path else None
+                    tune.report({**metrics, "epoch": epoch, "node_id": node_id}, checkpoint=saved)
 
-        report.quiet = True  # type: ignore[attr-defined]
-        fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
+            report.quiet = True  # type: ignore[attr-defined]
+            try:
+                fit(cfg, data, reporter=report, checkpoint_dir=workdir, resume_from=resume_dir)
+            except TrainingDiverged as err:
+                run.set_tags({"supuq.stop_reason": err.reason})
+                raise  # through tracked_run, which ends the run FAILED
+    except TrainingDiverged as err:
+        # Tune would retry a raised error (FailureConfig.max_failures is for lost nodes); a result that says
+        # the trial failed ends it for good. Its objectives are NaN so that Tune's metric check passes.
+        tune.report({**dict.fromkeys(objectives, math.nan), "epoch": err.epoch, "node_id": node_id,
+                     FAILED_KEY: err.reason})
 
 
 _WORKER_DATASETS: dict[str, Any] = {}

@@ -249,16 +249,26 @@ class MlflowReporter:
     in `last_checkpoint`, and `log_last_checkpoint()` uploads it once at the end if wanted.
     """
 
-    def __init__(self, run: TrackedRun, quiet: bool = False):
+    def __init__(self, run: TrackedRun, quiet: bool = False, logged_through: int = 0):
         self.run = run
         self.quiet = quiet  # read by the trainer to silence its progress bar
+        # A resumed run already holds epochs 1..logged_through: the training resumed from an earlier checkpoint
+        # runs them again (exactly, `train.fit`'s resume), and logging them twice would repeat MLflow steps.
+        self.logged_through = logged_through
         self.last_checkpoint: str | None = None
 
     def __call__(self, metrics: Mapping[str, Any], epoch: int, checkpoint_path: str | None = None) -> None:
-        # Only numbers are metrics; anything else a trainer puts in its dict (a phase name, a list) is skipped.
-        self.run.log_metrics({k: v for k, v in metrics.items() if _is_number(v)}, step=epoch)
         if checkpoint_path is not None:
             self.last_checkpoint = str(checkpoint_path)
+        if epoch <= self.logged_through:
+            return
+        # Only numbers are metrics; anything else a trainer puts in its dict (a phase name, a list) is skipped.
+        self.run.log_metrics({k: v for k, v in metrics.items() if _is_number(v)}, step=epoch)
+
+    @staticmethod
+    def last_logged_epoch(run: TrackedRun, key: str = "train/total") -> int:
+        """The last epoch a (resumed) run holds for `key`, a metric `fit` logs every epoch; 0 for none."""
+        return max((m.step for m in run.client.get_metric_history(run.run_id, key)), default=0)
 
     def log_last_checkpoint(self, subdir: str = "checkpoint") -> str | None:
         """Upload the last checkpoint reported (if any); returns its local path."""

@@ -18,6 +18,7 @@ from ..data.prepare import load_dataset
 from ..evaluate import EVAL_SEED, EvalResult, Progress, evaluate, fixed_figure_indices
 from ..figures import curves_figure, uncertainty_figure
 from ..models.registry import sampling_grid
+from ..outputs import check_output_folder
 from ..train import FitResult, fit, validation_prefix
 
 
@@ -109,8 +110,7 @@ def train_and_evaluate(
 
     `on_epoch(epoch)` (tracked runs) is called after each epoch is logged: the serial retrain's progress."""
     started = time.perf_counter()
-    out = Path(out_dir) if out_dir is not None else default_out_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(Path(out_dir) if out_dir is not None else default_out_dir(cfg))
     dump_config(cfg, out / "config.yaml")
     data = load_dataset(cfg.data)
     if not track:

@@ -12,6 +12,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -253,6 +254,13 @@ def test_resume_after_sigkill_of_the_driver(tmp_path):
     assert len(runs) == 3 and len(set(trial_ids)) == 3, (described, at_kill, said)
     assert all(r.info.status == "FINISHED" for r in runs), (described, at_kill, said)
     assert all(r.data.metrics.get("val/ged") is not None for r in runs)
+    # every epoch once in each run: a trial resumed from its checkpoint does not log again what it had logged
+    for run in runs:
+        assert sorted(steps_of(uri, run.info.run_id, "train/total")) == list(range(1, 9)), described
+    # the bar counts the trials finished before the kill (Tune does not report them again): it ends at 3 of 3
+    assert re.search(r"\b3/3\b", resumed.stdout), resumed.stdout[-3000:]
+    # the killed trial's work folder (its process died with the driver) went with the resumed sweep
+    assert not list(Path(tempfile.gettempdir()).glob("supuq-trial-killed-*"))
 
 
 def interrupt_mid_trial(tmp_path: Path, name: str, space: Path, epochs: int):

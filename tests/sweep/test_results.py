@@ -14,10 +14,6 @@ from .test_driver import children, driver_log, interrupt_mid_trial, steps_of, wr
 from .test_selection import EPOCHS, TRIALS, driver_rows
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "defect: sweep/results.py summarize_trials calls every trial that reported a result TERMINATED, so a trial "
-    "interrupted by Ctrl-C counts as finished: with the last trial interrupted the sweep says complete, exits 0 "
-    "with no resume hint, writes best.yaml from the interrupted trial and tags it 'stopped early by ASHA'"))
 def test_ctrl_c_during_the_last_trial_is_an_interrupted_sweep(tmp_path):
     """Ctrl-C while the only trial runs (it has logged an epoch, not all 4): the sweep is interrupted, not done."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
