@@ -30,8 +30,8 @@ from ..config import dump_config, validate_config
 from ..errors import SupuqError
 from .cluster import check_resources, connect_ray, release_resources
 from .options import SweepOptions, prepare_sweep
-from .results import (TrialProgress, best_params, finalize_child_runs, space_params, summarize_trials,
-                      sweep_description)
+from .results import (TrialProgress, best_params, finalize_child_runs, fit_noting_interrupts, space_params,
+                      summarize_trials, sweep_description)
 from .resume import LiveCallback, check_trusted, finished_trials, restore_tuner
 from .selection import best_row, fallback_note, rank_trials
 from .space import SweepSpace
@@ -163,8 +163,9 @@ def run_sweep(opts: SweepOptions, console=None) -> SweepOutcome:
                 parent.log_params(space_params(space))
                 parent.log_text(json.dumps(state["space_raw"], indent=2), "space.json")
                 tuner = _new_tuner(trainable_for(parent_id), space, cfg, name, ray_root, fs, max_epochs, live, say)
-            grid = tuner.fit()
-            trials = rank_trials(summarize_trials(grid, space), space.metric, space.mode, max_epochs)
+            grid, interrupted = fit_noting_interrupts(tuner)
+            trials = rank_trials(summarize_trials(grid, space, max_epochs, interrupted), space.metric, space.mode,
+                                 max_epochs)
             finished = sum(t["status"] in ("TERMINATED", "ERROR") for t in trials)
             complete = finished >= space.num_samples
             stopped = finalize_child_runs(uri, parent_id, trials, max_epochs, complete, space.metric)

@@ -137,15 +137,42 @@ def _short_trial(trial_id: str) -> str:
     return trial_id.rsplit("_", 1)[-1]
 
 
-def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
+def fit_noting_interrupts(tuner) -> tuple[Any, bool]:
+    """`tuner.fit()` and whether Ctrl-C interrupted it. Tune returns normally on SIGINT (with the trials cut short
+    marked TERMINATED): its handler, on the first SIGINT, puts back the handler it found, so a marker handler
+    installed here and back in place afterwards means Tune was interrupted."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit(), False
+
+    def marker(signum, frame):  # a second Ctrl-C after Tune's: stop at once, as Python's default does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, marker)
+    try:
+        grid = tuner.fit()
+        return grid, signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def summarize_trials(grid, space: SweepSpace, max_epochs: int, interrupted: bool = False) -> list[dict[str, Any]]:
     """One dict per trial: id, status, params, last metrics, epochs reached, node.
 
     The status is Tune's: ERROR for a trial that raised (after Ray's retries) or ended itself as failed
-    (`FAILED_KEY`: it diverged), with a readable one-line `error`; TERMINATED for one whose last result is
-    `done` (it ran all its epochs, or the scheduler stopped it); otherwise INTERRUPTED when it had reported
-    something before the sweep stopped (Ctrl-C, a killed driver) and PENDING when it never reported."""
+    (`FAILED_KEY`: it diverged), with a readable one-line `error`; TERMINATED for a trial Tune ended (it ran all
+    its epochs, or the scheduler stopped it); otherwise INTERRUPTED when it had reported something before the
+    sweep stopped (Ctrl-C, a killed driver) and PENDING when it never reported. A trial ended when its last
+    result is `done` or at `max_epochs`, or when Tune's own status (the grid's trials, which Ray's
+    `ResultGrid.num_terminated` counts) says TERMINATED in a session that was not `interrupted`: a restored
+    experiment's last results do not always carry `done`, and Tune marks a trial cut short by Ctrl-C TERMINATED."""
+    trials = list(getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or [])
+    results = list(grid)
+    statuses = [str(trial.status) for trial in trials] if len(trials) == len(results) else [None] * len(results)
     rows = []
-    for result in grid:
+    for result, tune_status in zip(results, statuses):
         metrics = result.metrics or {}
         config = result.config or {}
         trial_id = metrics.get("trial_id") or _trial_id_from_path(result.path)
@@ -153,7 +180,9 @@ def summarize_trials(grid, space: SweepSpace) -> list[dict[str, Any]]:
         if result.error is not None or failed:
             status, error = "ERROR", str(failed) if failed else readable_error(result.error)
         else:
-            status, error = ("TERMINATED" if metrics.get("done") else "INTERRUPTED" if metrics else "PENDING"), None
+            ended = (bool(metrics.get("done")) or int(metrics.get("epoch", 0)) >= max_epochs
+                     or (tune_status == "TERMINATED" and not interrupted))
+            status, error = ("TERMINATED" if ended else "INTERRUPTED" if metrics else "PENDING"), None
         rows.append({
             "trial_id": trial_id,
             "status": status,

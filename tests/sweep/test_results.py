@@ -15,13 +15,14 @@ from .test_selection import EPOCHS, TRIALS, driver_rows
 
 
 def test_ctrl_c_during_the_last_trial_is_an_interrupted_sweep(tmp_path):
-    """Ctrl-C while the only trial runs (it has logged an epoch, not all 4): the sweep is interrupted, not done."""
+    """Ctrl-C while the only trial runs (it has logged an epoch, not all 40): the sweep is interrupted, not done."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     space = write_space(tmp_path, num_samples=1, scheduler={"type": "none"})
-    driver, _, state = interrupt_mid_trial(tmp_path, "last", space, epochs=4)
+    # 40 tiny epochs: the trial is still running when the interrupt reaches it, even on an idle machine
+    driver, _, state = interrupt_mid_trial(tmp_path, "last", space, epochs=40)
     errors = (tmp_path / "driver.err").read_text()
     (run,) = children(uri, state["parent_run_id"])
-    if max(steps_of(uri, run.info.run_id, "train/total")) >= 4:
+    if max(steps_of(uri, run.info.run_id, "train/total")) >= 40:
         pytest.fail("the trial finished before the interrupt reached it")
     assert driver.returncode == 130, (driver.returncode, driver_log(tmp_path))
     assert "sweep last stopped after 0 of 1 trials; continue it with: supuq sweep --resume last" in errors
