@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
+from pathlib import Path
 
 
 def processes_with_env(marker: bytes) -> list[int]:
@@ -45,3 +47,31 @@ def kill_processes_with_env(marker: bytes, timeout: float = 10.0) -> int:
             killed.add(pid)
         time.sleep(0.2)
     return len(killed)
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def running(pid: int) -> bool:
+    """True while `pid` exists and has not exited: a zombie (exited, not yet reaped by its parent) is not running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """True while the process group `pgid` has a member."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -4,7 +4,6 @@ with "error:", never a traceback, and leaves the user's files as they were."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +19,10 @@ from supuq.data.synthetic import generate
 from supuq.train import fit
 
 from .conftest import ROOT, TINY_OVERRIDES
+from .processes import free_port
 
 runner = CliRunner()
 CONFIG = str(ROOT / "configs" / "synthetic.yaml")
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens once the socket is closed
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +61,13 @@ CASES = {
     "config-bool-for-epochs": (lambda t, c: ["train", "--config", CONFIG, "--set", "train.epochs=true"],
                                "expected a number"),
     "ui-port-out-of-range": (lambda t, c: ["ui", "--port", "70000"], "--port must be between 1 and 65535"),
-    "best-unreachable-server": (lambda t, c: ["best", "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+    "best-unreachable-server": (lambda t, c: ["best", "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
                                 "is not reachable"),
     "report-unreachable-server": (lambda t, c: ["report", "x", "--out", str(t / "r.html"), "--tracking-uri",
-                                                f"http://127.0.0.1:{_closed_port()}"], "is not reachable"),
+                                                f"http://127.0.0.1:{free_port()}"], "is not reachable"),
     "results-unreachable-server": (lambda t, c: ["results", "x", "--out", str(t / "r.md"), "--tracking-uri",
-                                                 f"http://127.0.0.1:{_closed_port()}"], "is not reachable"),
-    "ui-unreachable-server": (lambda t, c: ["ui", "--tracking-uri", f"http://127.0.0.1:{_closed_port()}"],
+                                                 f"http://127.0.0.1:{free_port()}"], "is not reachable"),
+    "ui-unreachable-server": (lambda t, c: ["ui", "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
                               "is not reachable"),
     "best-malformed-sqlite-store": (lambda t, c: ["best", "--tracking-uri",
                                                   f"sqlite:///{_bytes(t / 'm.db', b'SQLite format 2 garbage' * 9)}"],

@@ -28,7 +28,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,19 +44,13 @@ from supuq import tracking
 from supuq.config import validate_config
 
 from .conftest import ROOT, TINY_OVERRIDES
-from .processes import kill_processes_with_env
+from .processes import free_port, kill_processes_with_env
 from .sweep.test_driver import full_length_best, trial_config
 
 CLUSTER = ROOT / "cluster"
 BUCKET = "supuq-test"
 PREFIX = "sweeps"
 GIB = 1024**3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:

@@ -9,7 +9,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,15 +20,10 @@ from supuq import tracking
 from supuq.sweep.driver import SweepOptions, run_sweep
 
 from .conftest import ROOT, TINY_OVERRIDES
+from .processes import free_port
 
 EPOCHS = 3
 TRIALS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pg_bin() -> Path | None:
@@ -58,7 +52,7 @@ def postgres():
     if as_user:
         shutil.chown(work, "postgres")
         shutil.chown(sockets, "postgres")
-    port = _free_port()
+    port = free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True)  # noqa: E731
     run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "supuq", "--no-sync")
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(work / "server.log"), "-w", "-o",
@@ -75,7 +69,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def mlflow_on_postgres(postgres, tmp_path_factory):
     """`mlflow server` with the PostgreSQL backend store; yields its http URI."""
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path_factory.mktemp("artifacts")
     log = open(tmp_path_factory.mktemp("log") / "mlflow.log", "wb")
     proc = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
@@ -21,8 +20,3 @@ def store(tmp_path, monkeypatch) -> str:
     tracking.init_store(uri, EXPERIMENT)
     return uri
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

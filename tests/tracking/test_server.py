@@ -18,7 +18,8 @@ import pytest
 from supuq import tracking
 from supuq.errors import SupuqError
 
-from .conftest import EXPERIMENT, _free_port
+from ..processes import free_port, group_alive, running
+from .conftest import EXPERIMENT
 
 DEADLINE_S = 60.0
 
@@ -38,17 +39,6 @@ def _descendants(pid: int) -> set[int]:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie has exited; only its parent has not reaped it yet
-        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
-    except OSError:
-        return False
 
 
 def _answers(port: int) -> bool:
@@ -74,7 +64,7 @@ def _start_ui(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
 def test_every_signal_that_ends_supuq_ui_ends_its_server(tmp_path, sig):
     """SIGTERM and SIGHUP: `supuq ui` stops the server itself; SIGKILL: its watchdog does. The SIGTERM case also
     serves on all interfaces, which must warn that the UI has no authentication."""
-    port = _free_port()
+    port = free_port()
     everywhere = sig == signal.SIGTERM
     ui = _start_ui(tmp_path, port, *(["--host", "0.0.0.0"] if everywhere else []))
     link = ui.stdout.readline()
@@ -84,16 +74,16 @@ def test_every_signal_that_ends_supuq_ui_ends_its_server(tmp_path, sig):
     os.kill(ui.pid, sig)
     ui.wait(timeout=DEADLINE_S)
     deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline and (any(_alive(p) for p in server) or _answers(port)):
+    while time.monotonic() < deadline and (any(running(p) for p in server) or _answers(port)):
         time.sleep(0.2)
-    left = sorted(p for p in server if _alive(p))
+    left = sorted(p for p in server if running(p))
     assert not left and not _answers(port), f"after {sig.name}: processes {left} still alive"
     warning = "no authentication" in ui.stderr.read()
     assert warning == everywhere
 
 
 def test_server_log_is_private_and_never_follows_a_planted_link(tmp_path):
-    port = _free_port()
+    port = free_port()
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     planted = Path("/tmp") / f"mlflow-server-{port}.log"  # where the log used to go
@@ -115,7 +105,7 @@ def test_server_log_is_private_and_never_follows_a_planted_link(tmp_path):
     link = tmp_path / "log-link"
     link.symlink_to(victim)
     with pytest.raises(SupuqError, match="server log"):
-        tracking.serve_ui(store, port=_free_port(), log_path=link)
+        tracking.serve_ui(store, port=free_port(), log_path=link)
     assert victim.read_text() == "keep me"
 
 
@@ -124,7 +114,7 @@ def test_serve_ui(store, tmp_path):
         run.log_metrics({"val/ged": 0.3}, step=1)
         run.log_text("local artifact", "note.txt")
 
-    port = _free_port()
+    port = free_port()
     start = time.monotonic()
     proc = tracking.serve_ui(store, port=port, log_path=tmp_path / "server.log")
     try:
@@ -157,24 +147,16 @@ def test_serve_ui(store, tmp_path):
     assert proc.returncode is not None
     # nothing of the server's process group (mlflow CLI + uvicorn) is left; its workers may take a moment to go
     deadline = time.monotonic() + 30
-    while _group_alive(proc.pid) and time.monotonic() < deadline:
+    while group_alive(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_supuq_ui_serves_the_runs(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracking.init_store(uri, "supuq/synthetic")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "supuq.cli", "ui", "--port", str(port), "--tracking-uri", uri],
                             cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -12,7 +12,8 @@ from supuq import tracking
 from supuq.errors import SupuqError
 from supuq.tracking import store as store_module
 
-from .conftest import EXPERIMENT, _free_port
+from ..processes import free_port
+from .conftest import EXPERIMENT
 
 
 def test_default_uri_and_artifact_root(tmp_path, monkeypatch):
@@ -34,7 +35,7 @@ def test_default_uri_and_artifact_root(tmp_path, monkeypatch):
 def test_errors_are_one_line(store, tmp_path, monkeypatch):
     with pytest.raises(SupuqError, match="no MLflow run"):
         tracking.get_run(store, "f" * 32)
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     # Fails on the /health probe, before an MLflow client exists (MLflow's own client retries for minutes).
     with monkeypatch.context() as patch, pytest.raises(SupuqError, match=f"127.0.0.1:{port} is not reachable") as err:
         patch.setattr(store_module, "client_for", lambda uri: pytest.fail(f"an MLflow client was opened for {uri}"))
