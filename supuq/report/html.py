@@ -12,7 +12,6 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
 
 from ..errors import SupuqError
 from ..workflows.tables import ResultTables
@@ -150,11 +149,6 @@ def num(value: float | None, digits: int) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}f}"
-
-
-def as_int(value: Any) -> int | None:
-    number = as_float(value)
-    return int(number) if number is not None else None
 
 
 def param_text(value: str | None) -> str:
