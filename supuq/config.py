@@ -19,7 +19,7 @@ from .errors import ConfigError
 DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq")
 """The dataset names the config schema accepts; what each one is (reader, files, cache, family) is
 `supuq.data.registry`, whose entries are exactly these names (tests/data/test_registry.py)."""
-METHODS = ("supervised", "kohl", "kendall_gal")
+METHODS = ("supervised", "kohl", "kendall_gal", "ssn", "soft_label")
 """The method names the config schema accepts; what each one is (network, labels, keys, sampling grid) is
 `supuq.models.registry`, whose entries are exactly these names."""
 METHOD_FIXED: dict[str, dict[str, Any]] = {
@@ -106,6 +106,7 @@ class ModelConfig(_Strict):
     fcomb_convs: int = Field(4, ge=1)
     weight_noise: WeightNoiseConfig = WeightNoiseConfig()
     dropout: float = Field(0.5, ge=0, lt=1, description="Kendall-Gal MC dropout rate in the deepest blocks")
+    ssn_rank: int = Field(10, ge=0, le=64, description="SSN: rank R of the logit covariance factor P")
 
     @model_validator(mode="after")
     def _filters(self) -> "ModelConfig":
@@ -120,6 +121,7 @@ class LossConfig(_Strict):
     supervision_samples: int = Field(4, ge=1, description="prior samples averaged into p_m")
     l2: float = Field(1e-5, ge=0)
     kg_samples: int = Field(20, ge=1, description="Kendall-Gal logit-noise samples T in the loss")
+    ssn_samples: int = Field(20, ge=1, le=1000, description="SSN: Monte-Carlo logit samples M in the loss")
 
 
 class OptimConfig(_Strict):

@@ -100,6 +100,23 @@ def kendall_gal_nll(mu: Tensor, log_sigma: Tensor, targets: Tensor, eps: Tensor)
     return nll.flatten(2).sum(-1).mean()
 
 
+def ssn_nll(logit_samples: Tensor, targets: Tensor) -> Tensor:
+    """Stochastic Segmentation Networks' loss: -log of the Monte-Carlo mean over M logit samples of the
+    likelihood of a whole mask, with a sigmoid likelihood per pixel.
+
+    Per (image, grader): -[logsumexp_m sum_pixels log p(y | l_m) - log M], log p(y | l) = -BCE(l, y).
+    logit_samples: [M, N, *S] (M samples of each image's logit map); targets: [N, D, *S] binary {0, 1} (every
+    grader a target). Returns the mean over the N * D (image, grader) pairs (0-dim). With M = 1 it is the
+    pixel-summed BCE of that one sample, the same number as `reconstruction`.
+    """
+    logits = logit_samples.float().unsqueeze(2)  # [M, N, 1, *S]
+    y = targets.to(logits.dtype).unsqueeze(0)  # [1, N, D, *S]
+    log_lik = -F.binary_cross_entropy_with_logits(logits.expand(-1, -1, y.shape[2], *([-1] * (y.ndim - 3))),
+                                                  y.expand(logits.shape[0], *y.shape[1:]), reduction="none")
+    per_sample = log_lik.flatten(3).sum(-1)  # [M, N, D]
+    return -(torch.logsumexp(per_sample, dim=0) - math.log(logit_samples.shape[0])).mean()
+
+
 def l2_penalty(params: Iterable[Tensor]) -> Tensor:
     """Sum of squares of all given tensors (0-dim). The caller chooses which (conv weights, not biases)."""
     squares = [p.pow(2).sum() for p in params]

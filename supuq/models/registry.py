@@ -15,6 +15,12 @@ the same number of samples and no identical "weight samples" pretend to measure 
 - kendall_gal: `KendallGalUNet.sample` draws M independent MC-dropout masks (one U-Net pass over the batch
   repeated M times, dropout kept on) x K logit-noise draws each, so dropout masks are its weight samples and
   it gets M x K like supervised; with `model.dropout` 0 the masks are all the same and it draws 1 x S.
+- ssn, soft_label: no epistemic source (no weight noise, no dropout): 1 x S, epistemic exactly 0.
+
+Binary samples (GED, HM-IoU, the `*_binary` maps) come from each sample's logit by the method's `binary` rule:
+"threshold" (logit > 0, i.e. sigmoid > 0.5: the sampled segmentation of a latent-variable model) or "bernoulli"
+(an independent Bernoulli(sigmoid(logit)) draw per pixel: the soft-label U-Net, whose one probability map would
+otherwise give S identical samples).
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from ..config import METHOD_FIXED, METHODS as METHOD_NAMES, LossConfig, ModelConfig
 from ..errors import ConfigError
+from ..sampling import binarize
 from .kendall_gal import KendallGalUNet
 from .prob_unet import ProbUNet
+from .soft_label import SoftLabelUNet
+from .ssn import StochasticSegNet
 
 PROB_UNET_KEYS = ("loss.beta", "model.latent_dim", "model.fcomb_convs")
 WEIGHT_NOISE_KEYS = ("model.weight_noise.enabled", "model.weight_noise.prior", "model.weight_noise.prior_std",
@@ -40,7 +50,8 @@ class Method:
     """One `model.method`. `keys`: the dotted config keys only this method reads (every method reads the
     shared ones: data, U-Net size, l2, optimiser, training, evaluation). `samples_weights(model_cfg)`: whether
     the network built from that config draws different weights (or dropout masks) per weight sample.
-    `baseline`: a comparison method of the paper rather than its own."""
+    `baseline`: a comparison method of the paper rather than its own. `binary`: how a sample's logit becomes a
+    binary sample ("threshold" or "bernoulli", see the module docstring)."""
 
     name: str
     label: str
@@ -49,6 +60,7 @@ class Method:
     keys: tuple[str, ...]
     samples_weights: Callable[[ModelConfig], bool]
     baseline: bool
+    binary: str = "threshold"
 
     @property
     def fixed(self) -> Mapping[str, Any]:
@@ -83,6 +95,16 @@ METHODS: dict[str, Method] = {
             model_class=KendallGalUNet, keys=("model.dropout", "loss.kg_samples"),
             samples_weights=lambda cfg: cfg.dropout > 0, baseline=True,
         ),
+        Method(
+            "ssn", label="Stochastic Segmentation Network (Monteiro et al. 2020)", short="SSN",
+            model_class=StochasticSegNet, keys=("model.ssn_rank", "loss.ssn_samples"),
+            samples_weights=lambda cfg: False, baseline=True,
+        ),
+        Method(
+            "soft_label", label="Soft-label U-Net (BCE against p_g)", short="soft-label",
+            model_class=SoftLabelUNet, keys=(), samples_weights=lambda cfg: False, baseline=True,
+            binary="bernoulli",
+        ),
     )
 }
 if tuple(METHODS) != METHOD_NAMES:  # the schema's Literal and this table must name the same methods
@@ -110,6 +132,14 @@ def foreign_keys(methods: list[str] | tuple[str, ...], keys: list[str] | tuple[s
     own = {k for name in methods for k in method(name).keys}
     others = {k for m in METHODS.values() for k in m.keys} - own
     return [k for k in keys if k in others]
+
+
+def binary_samples(model_cfg: ModelConfig, logits: Tensor) -> Tensor:
+    """Binary samples (bool, same shape) from sample logits of a network built from `model_cfg`, by its method's
+    `binary` rule. The Bernoulli rule draws from torch's global generator (evaluation seeds it)."""
+    if method(model_cfg.method).binary == "bernoulli":
+        return torch.rand(logits.shape, dtype=torch.float32, device=logits.device) < torch.sigmoid(logits.float())
+    return binarize(logits)
 
 
 def build_model(model_cfg: ModelConfig, loss_cfg: LossConfig | None = None) -> nn.Module:
