@@ -3,7 +3,8 @@
 - GED: D^2_GED = 2 E d(S,Y) - E d(S,S') - E d(Y,Y') with d = 1 - IoU, d(empty, empty) = 0 and d = 1 when exactly
   one mask is empty. The self terms average over all ordered pairs including i == j (a V-statistic, as in the
   authors' and PHiSeg's code), so the GED of a set against itself is exactly 0.
-- `pairwise_iou` / `pairwise_distance`: the IoU matrix of two sets of masks per image (IoU(empty, empty) = 1).
+- `pairwise_iou` / `pairwise_distance`: the IoU matrix of two sets of masks per image (IoU(empty, empty) = 1),
+  also the cost matrix of the Hungarian-matched IoU (`matching.hm_iou`).
 
 Pairwise IoUs come from one matrix product of the flattened masks per image (a Gram matrix), so there is no Python
 loop over pairs. Intersections of {0,1} masks are integer counts: on the CPU they are an int8 x int8 -> int32 matrix

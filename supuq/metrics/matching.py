@@ -8,7 +8,9 @@ samples that cover only some annotations are scored against the others too, and 
 subtract (the GED subtracts E d(S,S'), which rewards noisy samples).
 
 The S x D IoU matrix comes from the batched Gram matrices of `distances`; only the S x S assignment runs per image
-on the CPU (scipy's `linear_sum_assignment`, O(S^3), well under a millisecond for S = 50).
+on the CPU (scipy's `linear_sum_assignment`: 0.04 ms for S = 48, D = 4 on 2 cores; the whole of `hm_iou` takes
+2.4 ms per image on dense 128x128 masks, the uncompacted float32 IoU matrix most of it). S must be a multiple of
+D: with D = 4 graders, 48 or 52 samples rather than 50.
 """
 
 from __future__ import annotations
