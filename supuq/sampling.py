@@ -1,15 +1,25 @@
 """Binary samples and the uncertainty decomposition (docs/architecture.md, Sampling and the uncertainty decomposition).
 
-Evaluation draws a grid of M weight samples (outer) x K latent samples (inner) per image. With s_mk the binary
-samples of one pixel:
+Evaluation draws a grid of M weight samples (outer) x K latent samples (inner) per image. With r_mk the foreground
+rate of one pixel in the sample (m, k):
 
-    q_m       = mean_k s_mk                      (foreground frequency under weight sample m)
-    aleatoric = mean_m q_m (1 - q_m)             (expected data variance)
-    epistemic = var_m q_m   (population, 1/M)   (variance of the data model across weight samples)
-    total     = qbar (1 - qbar), qbar = mean_m q_m
+    rbar_m    = mean_k r_mk                      (foreground probability under weight sample m)
+    aleatoric = mean_m rbar_m (1 - rbar_m)       (expected data variance)
+    epistemic = var_m rbar_m   (population, 1/M) (variance of the data model across weight samples)
+    total     = rbar (1 - rbar), rbar = mean_m rbar_m
 
-and total == aleatoric + epistemic exactly (law of total variance for a Bernoulli mixture). The ground-truth data
-uncertainty is v_g = p_g (1 - p_g) with p_g the mean over the D graders.
+and total == aleatoric + epistemic exactly (law of total variance: a pixel's label drawn from the M x K grid is a
+Bernoulli mixture, Bernoulli(rbar_m) given m). The formulas exist once (`_decompose_rates`); two inputs give r_mk:
+
+- `decompose_probabilities(probs)`: r_mk = p_mk, the sample's sigmoid probabilities. These are the default for
+  the maps: the paper's supervised term matches p_m, the mean of the probabilities, to p_g, so the predicted data
+  variance is p (1 - p) of those probabilities, the quantity compared with v_g. Thresholding first throws that
+  away: a pixel at p = 0.4 in every sample has a binary rate of 0 and no aleatoric variance at all.
+- `decompose(samples)`: r_mk = s_mk, the binary samples sigmoid(logit) > 0.5 (`binarize`) as {0,1} floats, so
+  rbar_m = q_m is the foreground frequency under weight sample m: the maps of the binary segmentations a user
+  sees, whose spread across samples is also what the GED scores.
+
+The ground-truth data uncertainty is v_g = p_g (1 - p_g) with p_g the mean over the D graders.
 """
 
 from __future__ import annotations
@@ -37,6 +47,19 @@ class Decomposition:
     epistemic: Tensor
 
 
+def _decompose_rates(rates: Tensor) -> Decomposition:
+    """The decomposition of foreground rates r_mk (module docstring). rates: float [N,M,K,H,W] in [0,1]; returns
+    [N,H,W] maps in rates' dtype."""
+    rbar_m = rates.mean(dim=2)  # [N,M,H,W]
+    rbar = rbar_m.mean(dim=1)
+    aleatoric = (rbar_m * (1 - rbar_m)).mean(dim=1)
+    # Population variance (1/M), computed around the mean rather than as E[r^2] - rbar^2: it is exactly 0 when
+    # all rbar_m agree (M == 1 included) and never negative.
+    epistemic = ((rbar_m - rbar.unsqueeze(1)) ** 2).mean(dim=1)
+    total = rbar * (1 - rbar)
+    return Decomposition(total=total, aleatoric=aleatoric, epistemic=epistemic)
+
+
 def decompose(samples: Tensor, dtype: torch.dtype = torch.float32) -> Decomposition:
     """Split the variance of binary samples into aleatoric and epistemic parts.
 
@@ -46,14 +69,24 @@ def decompose(samples: Tensor, dtype: torch.dtype = torch.float32) -> Decomposit
     """
     if samples.ndim != 5:
         raise ValueError(f"decompose expects samples [N,M,K,H,W], got shape {tuple(samples.shape)}")
-    q = samples.to(dtype).mean(dim=2)  # [N,M,H,W]
-    qbar = q.mean(dim=1)
-    aleatoric = (q * (1 - q)).mean(dim=1)
-    # Population variance (1/M), computed around the mean rather than as E[q^2] - qbar^2: it is exactly 0 when
-    # all q_m agree (M == 1 included) and never negative.
-    epistemic = ((q - qbar.unsqueeze(1)) ** 2).mean(dim=1)
-    total = qbar * (1 - qbar)
-    return Decomposition(total=total, aleatoric=aleatoric, epistemic=epistemic)
+    return _decompose_rates(samples.to(dtype))
+
+
+def decompose_probabilities(probs: Tensor) -> Decomposition:
+    """Split the variance of the samples' foreground probabilities into aleatoric and epistemic parts.
+
+    probs: float [N,M,K,H,W] in [0,1], sigmoid(logit) of M weight samples (outer) x K latent samples (inner) per
+    image. Returns a `Decomposition` of [N,H,W] maps in probs' dtype; with M == 1 the epistemic map is exactly 0.
+    On {0,1} probabilities it equals `decompose` of the same samples.
+    """
+    if probs.ndim != 5:
+        raise ValueError(f"decompose_probabilities expects probs [N,M,K,H,W], got shape {tuple(probs.shape)}")
+    if not probs.is_floating_point():
+        raise ValueError(f"decompose_probabilities expects float probabilities, got {probs.dtype}")
+    # One reduction and one host sync; NaN fails both comparisons and is rejected too.
+    if probs.numel() and not bool(((probs >= 0) & (probs <= 1)).all()):
+        raise ValueError("decompose_probabilities expects probabilities in [0, 1] (got values outside, or NaN)")
+    return _decompose_rates(probs)
 
 
 def grader_mean(masks: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -31,7 +31,7 @@ def fcomb_forward_conv2d(fcomb, features: Tensor, z: Tensor) -> Tensor:
 def ged_dense(samples: Tensor, annotations: Tensor, chunk: int = 32) -> Tensor:
     """`supuq.metrics.ged` before the union compaction: one float32 Gram matrix per chunk of images over all H*W
     pixels (samples [N,S,H,W] bool, annotations [N,D,H,W] bool -> float64 [N])."""
-    from supuq.metrics import _distances_from_gram, _exact_matmul
+    from supuq.metrics.distances import _distances_from_gram, _exact_matmul
 
     n, s = samples.shape[:2]
     pixels = samples.shape[2] * samples.shape[3]

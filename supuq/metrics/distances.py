@@ -1,10 +1,10 @@
-"""Evaluation metrics, batched and pure torch (docs/architecture.md, Metrics).
+"""IoU distances between sets of masks and the GED, batched and pure torch (docs/architecture.md, Metrics).
 
 - GED: D^2_GED = 2 E d(S,Y) - E d(S,S') - E d(Y,Y') with d = 1 - IoU, d(empty, empty) = 0 and d = 1 when exactly
   one mask is empty. The self terms average over all ordered pairs including i == j (a V-statistic, as in the
   authors' and PHiSeg's code), so the GED of a set against itself is exactly 0.
-- NCC between uncertainty maps, NaN where either map is constant, summarised with the count of excluded images.
-- Calibration of p_m against p_g: Brier score, reliability diagram, expected calibration error (`ece_from_bins`).
+- `pairwise_iou` / `pairwise_distance`: the IoU matrix of two sets of masks per image (IoU(empty, empty) = 1),
+  also the cost matrix of the Hungarian-matched IoU (`matching.hm_iou`).
 
 Pairwise IoUs come from one matrix product of the flattened masks per image (a Gram matrix), so there is no Python
 loop over pairs. Intersections of {0,1} masks are integer counts: on the CPU they are an int8 x int8 -> int32 matrix
@@ -15,7 +15,6 @@ in float64 so values agree with a double loop to ~1e-15.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,17 +33,23 @@ def _count_dtype(pixels: int) -> torch.dtype:
     return torch.float32 if pixels <= _EXACT_FLOAT32_PIXELS else torch.float64
 
 
-def _distances_from_gram(gram: Tensor, sizes_a: Tensor, sizes_b: Tensor) -> Tensor:
-    """d = 1 - IoU from intersections [n,S,T] and mask sizes [n,S], [n,T]; float64 [n,S,T].
+def _ious_from_gram(gram: Tensor, sizes_a: Tensor, sizes_b: Tensor) -> Tensor:
+    """IoU from intersections [n,S,T] and mask sizes [n,S], [n,T]; float64 [n,S,T].
 
-    union = |a| + |b| - |a & b|; union == 0 only when both masks are empty, where d is defined as 0. When exactly
-    one mask is empty the intersection is 0 and the union positive, so d = 1 falls out of the formula.
+    union = |a| + |b| - |a & b|; union == 0 only when both masks are empty, where the IoU is defined as 1 (two
+    empty masks agree). When exactly one mask is empty the intersection is 0 and the union positive, so IoU = 0
+    falls out of the formula.
     """
     inter = gram.to(torch.float64)
     union = sizes_a.to(torch.float64).unsqueeze(-1) + sizes_b.to(torch.float64).unsqueeze(-2) - inter
     both_empty = union == 0
     iou = inter / torch.where(both_empty, torch.ones_like(union), union)
-    return torch.where(both_empty, torch.zeros_like(iou), 1.0 - iou)
+    return torch.where(both_empty, torch.ones_like(iou), iou)
+
+
+def _distances_from_gram(gram: Tensor, sizes_a: Tensor, sizes_b: Tensor) -> Tensor:
+    """d = 1 - IoU (`_ious_from_gram`: d(empty, empty) = 0, d = 1 when exactly one is empty); float64 [n,S,T]."""
+    return 1.0 - _ious_from_gram(gram, sizes_a, sizes_b)
 
 
 def _exact_matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -80,17 +85,23 @@ def _gram(x: Tensor) -> Tensor:
     return _exact_matmul(x, x)
 
 
-def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
-    """All pairwise d = 1 - IoU between two sets of flattened masks.
+def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
+    """All pairwise IoUs between two sets of flattened masks, IoU(empty, empty) = 1.
 
     a: [N,S,P], b: [N,T,P], {0,1} (bool or numeric; nonzero is foreground). Returns float64 [N,S,T].
     """
     if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
-        raise ValueError(f"pairwise_distance expects [N,S,P] and [N,T,P], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"pairwise IoU expects [N,S,P] and [N,T,P], got {tuple(a.shape)} and {tuple(b.shape)}")
     dtype = _count_dtype(a.shape[2])
     a = _as_bool(a).to(dtype)
     b = _as_bool(b).to(dtype)
-    return _distances_from_gram(_exact_matmul(a, b), a.sum(-1), b.sum(-1))
+    return _ious_from_gram(_exact_matmul(a, b), a.sum(-1), b.sum(-1))
+
+
+def pairwise_distance(a: Tensor, b: Tensor) -> Tensor:
+    """All pairwise d = 1 - IoU between two sets of flattened masks (`pairwise_iou`): a [N,S,P], b [N,T,P] ->
+    float64 [N,S,T]."""
+    return 1.0 - pairwise_iou(a, b)
 
 
 def _terms_from_grams(gss: Tensor, gsy: Tensor, gyy: Tensor) -> Tensor:
@@ -284,116 +295,3 @@ def diversity(samples: Tensor, chunk: int = 32) -> Tensor:
         flat = samples[i : i + chunk].flatten(2)
         out.append(pairwise_distance(flat, flat).mean(dim=(1, 2)))
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=samples.device)
-
-
-# ---------------------------------------------------------------------------------------------------------- NCC
-
-
-def ncc(a: Tensor, b: Tensor) -> Tensor:
-    """Normalised cross-correlation per image: (1/n) sum (a - mu_a)(b - mu_b) / (sigma_a sigma_b).
-
-    a, b: float [N,H,W] (e.g. predicted and grader variance maps). Population sigma. Returns float64 [N], NaN
-    where either map is constant. "Constant" is tested exactly as max == min rather than sigma == 0 or a
-    tolerance: a constant float map can give a variance of ~1e-34 instead of 0 through rounding of its mean, and
-    any tolerance would also drop genuine maps with tiny variation.
-    """
-    if a.shape != b.shape or a.ndim != 3:
-        raise ValueError(f"ncc expects two [N,H,W] maps of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    a = a.flatten(1).to(torch.float64)
-    b = b.flatten(1).to(torch.float64)
-    ac = a - a.mean(dim=1, keepdim=True)
-    bc = b - b.mean(dim=1, keepdim=True)
-    cov = (ac * bc).mean(dim=1)
-    den = torch.sqrt((ac * ac).mean(dim=1) * (bc * bc).mean(dim=1))
-    defined = (a.amax(dim=1) > a.amin(dim=1)) & (b.amax(dim=1) > b.amin(dim=1))
-    value = cov / torch.where(defined, den, torch.ones_like(den))
-    # Rounding can put a perfect correlation at 1 + 2e-16; keep the value in its mathematical range.
-    value = value.clamp(-1.0, 1.0)
-    return torch.where(defined, value, torch.full_like(value, float("nan")))
-
-
-@dataclass(frozen=True)
-class NccSummary:
-    """Mean NCC over the images where it is defined, and how many were (not) defined."""
-
-    mean: float
-    defined: int
-    excluded: int
-
-
-def summarize_ncc(values: Tensor) -> NccSummary:
-    """values: [N] per-image NCC with NaN where undefined. The mean is NaN when no image is defined."""
-    values = values.detach().reshape(-1).to(torch.float64)
-    ok = ~torch.isnan(values)
-    defined = int(ok.sum())
-    mean = float(values[ok].mean()) if defined else math.nan
-    return NccSummary(mean=mean, defined=defined, excluded=int(values.numel()) - defined)
-
-
-# -------------------------------------------------------------------------------------------------- calibration
-
-
-def brier(p_m: Tensor, p_g: Tensor) -> Tensor:
-    """Brier score per image: mean over pixels of (p_m - p_g)^2. p_m, p_g: [N,H,W] in [0,1] -> float64 [N]."""
-    if p_m.shape != p_g.shape:
-        raise ValueError(f"brier expects maps of one shape, got {tuple(p_m.shape)} and {tuple(p_g.shape)}")
-    diff = p_m.to(torch.float64) - p_g.to(torch.float64)
-    return (diff * diff).flatten(1).mean(dim=1)
-
-
-@dataclass(frozen=True)
-class Reliability:
-    """Reliability diagram over all pixels, float64 CPU tensors.
-
-    bin_edges [bins+1]; mean_pred, mean_obs, counts [bins]. mean_obs is the mean p_g of the pixels whose p_m lies
-    in the bin; mean_pred and mean_obs are NaN for empty bins.
-    """
-
-    bin_edges: Tensor
-    mean_pred: Tensor
-    mean_obs: Tensor
-    counts: Tensor
-
-    def sums(self) -> tuple[Tensor, Tensor]:
-        """Per-bin sums of p_m and of p_g [bins] (0 in empty bins): they add up across batches and seeds."""
-        return torch.nan_to_num(self.mean_pred) * self.counts, torch.nan_to_num(self.mean_obs) * self.counts
-
-
-def reliability(p_m: Tensor, p_g: Tensor, bins: int = 10) -> Reliability:
-    """Bin every pixel by p_m into `bins` equal bins of [0,1] (1.0 goes in the last bin) and average p_m and p_g.
-
-    p_m, p_g: [N,H,W] (any matching shape) in [0,1]. Returns a `Reliability` on the CPU.
-    """
-    if p_m.shape != p_g.shape:
-        raise ValueError(f"reliability expects maps of one shape, got {tuple(p_m.shape)} and {tuple(p_g.shape)}")
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    pred = p_m.detach().reshape(-1).to(torch.float64)
-    obs = p_g.detach().reshape(-1).to(torch.float64)
-    idx = (pred * bins).floor().long().clamp(0, bins - 1)
-    counts = torch.zeros(bins, dtype=torch.float64, device=pred.device).index_add_(0, idx, torch.ones_like(pred))
-    sum_pred = torch.zeros_like(counts).index_add_(0, idx, pred)
-    sum_obs = torch.zeros_like(counts).index_add_(0, idx, obs)
-    safe = torch.where(counts > 0, counts, torch.ones_like(counts))
-    nan = torch.full_like(counts, float("nan"))
-    return Reliability(
-        bin_edges=torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64),
-        mean_pred=torch.where(counts > 0, sum_pred / safe, nan).cpu(),
-        mean_obs=torch.where(counts > 0, sum_obs / safe, nan).cpu(),
-        counts=counts.cpu(),
-    )
-
-
-def ece_from_bins(sum_pred, sum_obs, counts) -> float:
-    """supuq's one ECE (expected calibration error of p_m against p_g): pixels binned by p_m (`reliability`),
-    ECE = sum_b (n_b/N) |mean_b p_m - mean_b p_g| = sum_b |sum_b p_m - sum_b p_g| / N, from per-bin sums of p_m,
-    of p_g and pixel counts ([bins] array-likes: bins add up across batches and seeds). NaN with no pixel."""
-    sum_pred, sum_obs, counts = (torch.as_tensor(v, dtype=torch.float64) for v in (sum_pred, sum_obs, counts))
-    total = float(counts.sum())
-    return float((sum_pred - sum_obs).abs().sum() / total) if total else math.nan
-
-
-def ece(p_m: Tensor, p_g: Tensor, bins: int = 10) -> float:
-    """ECE (`ece_from_bins`) of maps p_m, p_g [N,H,W] in [0,1] over all their pixels, `bins` equal bins."""
-    rel = reliability(p_m, p_g, bins)
-    return ece_from_bins(*rel.sums(), rel.counts)
