@@ -5,6 +5,15 @@ Test evaluation always draws 50 samples (M=5 x K=10; a method that samples no we
 rule is `supuq.models.registry.sampling_grid`); validation during training uses fewer (`eval.val_samples`,
 default 16). Work is batched over images and only per-image summaries are kept, so memory stays bounded on a
 128x128 test set of thousands of images.
+
+Which samples each number uses:
+- `ged`, `diversity`, `dist_sy`: binary samples of the main draw (the paper's and the literature's convention).
+- `ncc`, `ncc_true`, `aleatoric`, `epistemic`: the maps of `decompose_probabilities` of the main draw's
+  per-sample probabilities sigmoid(logit) (the variance p (1 - p) the supervised term calibrates);
+  `ncc_binary`, `ncc_true_binary`: the same NCCs from the maps of the binary samples (`decompose`).
+- `brier`, `ece`: p_m, the mean probability over the main draw, against p_g.
+- test evaluation only (`LITERATURE_COUNTS`): `ged_16`, `ged_100` and `hm_iou_16` on draws of their own of 16
+  and 100 samples (HM-IoU needs a multiple of the D graders: 16, or the next multiple of D above it).
 """
 
 from __future__ import annotations
@@ -19,9 +28,9 @@ import torch
 from .config import DataConfig
 from .data.splits import dataset_split
 from .data.types import MultiGraderSet
-from .metrics import brier, ece_from_bins, ged_terms, ncc, reliability, summarize_ncc
-from .models.registry import sampling_grid
-from .sampling import binarize, decompose, grader_mean, grader_variance
+from .metrics import brier, ece_from_bins, ged, ged_terms, hm_iou, ncc, reliability, summarize_ncc
+from .models.registry import binary_samples, sampling_grid
+from .sampling import decompose, decompose_probabilities, grader_mean, grader_variance
 
 SPLITS = ("train", "val", "test", "all")
 SETUP_KEYS = ("n_images", "weight_samples", "latent_samples")
@@ -29,6 +38,8 @@ SETUP_KEYS = ("n_images", "weight_samples", "latent_samples")
 EVAL_SEED = 0
 """The sampling seed of a test evaluation unless one is given, so that evaluating a model twice (`supuq train`'s
 test numbers, then `supuq evaluate` on its checkpoint) gives the same numbers."""
+LITERATURE_COUNTS = (16, 100)
+"""Sample counts of the literature's GED (GED_16, GED_100) and HM-IoU (16), drawn on top of the main 50 at test."""
 Progress = Callable[[int, int], None]
 """progress(images evaluated, images in all), called after each batch."""
 
@@ -42,6 +53,8 @@ class EvalResult:
     ncc: float
     ncc_defined: int
     ncc_excluded: int
+    ncc_binary: float
+    ncc_binary_excluded: int
     diversity: float
     dist_sy: float
     brier: float
@@ -53,6 +66,10 @@ class EvalResult:
     latent_samples: int
     ncc_true: float | None = None
     ncc_true_excluded: int | None = None
+    ncc_true_binary: float | None = None
+    ged_16: float | None = None
+    ged_100: float | None = None
+    hm_iou_16: float | None = None
     per_image: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     reliability: dict[str, list[float]] = field(default_factory=dict, repr=False)
     index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
@@ -83,6 +100,7 @@ def evaluate(
     data_cfg: DataConfig | None = None,
     seed: int | None = EVAL_SEED,
     progress: Progress | None = None,
+    literature: bool = True,
 ) -> EvalResult:
     """Evaluate on a named split of `data` (split rebuilt by `splits.dataset_split` from `data_cfg`'s seed,
     fractions and mode and the cache's split rule).
@@ -90,7 +108,8 @@ def evaluate(
     `model` is a supuq network (its `model_cfg` names the method). It draws weight_samples * latent_samples
     samples per image on its method's grid (`sampling_grid`: Kohl draws 1 x all of them), so every method is
     scored on the same number of samples. The samples are drawn from torch's generator seeded with `seed`
-    (None: its current state), forked so that the caller's random state is left as it was.
+    (None: its current state), forked so that the caller's random state is left as it was. `literature`: also
+    draw the 16 and 100 samples of `ged_16`, `ged_100`, `hm_iou_16`.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -100,13 +119,16 @@ def evaluate(
         data_cfg = data_cfg or DataConfig()
         parts = dataset_split(data, data_cfg)
         index = getattr(parts, split)
+    requested = weight_samples  # the extra draws take their grids from the same requested M
     weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    extra = LITERATURE_COUNTS if literature else ()
+    args = (model, data, index, weight_samples, latent_samples, batch_size, device, progress, extra, requested)
     if seed is None:
-        return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device, progress)
+        return evaluate_indices(*args)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return evaluate_indices(model, data, index, weight_samples, latent_samples, batch_size, device, progress)
+        return evaluate_indices(*args)
 
 
 @torch.no_grad()
@@ -127,9 +149,12 @@ def evaluate_indices(
     batch_size: int,
     device: torch.device,
     progress: Progress | None = None,
+    extra_counts: tuple[int, ...] = (),
+    requested_weights: int | None = None,
 ) -> EvalResult:
     """Metrics over the images `index` of `data` with an M x K sample grid; `progress(done, total)` after each
-    batch of images."""
+    batch of images. `extra_counts` (e.g. `LITERATURE_COUNTS`): sample counts of the literature's GED_n and
+    HM-IoU, each drawn apart on the grid `sampling_grid` gives for `requested_weights` (default M)."""
     was_training = model.training
     index = np.sort(np.asarray(index))
     rows: dict[str, list[np.ndarray]] = {}
@@ -139,12 +164,12 @@ def evaluate_indices(
         x = torch.as_tensor(np.asarray(data.images[batch]), dtype=torch.float32, device=device)
         y = torch.as_tensor(np.asarray(data.masks[batch]), device=device).bool()
         logits = predict_samples(model, x, weight_samples, latent_samples).float()
-        per = _batch_metrics(logits, y)
+        per, maps = _batch_metrics(model, logits, y)
         if data.prob is not None:
             p_true = torch.as_tensor(np.asarray(data.prob[batch]), dtype=torch.float32, device=device)
-            per["ncc_true"] = ncc(per.pop("_aleatoric_map"), p_true * (1 - p_true))
-        else:
-            per.pop("_aleatoric_map")
+            v_true = p_true * (1 - p_true)
+            per["ncc_true"], per["ncc_true_binary"] = ncc(maps[0], v_true), ncc(maps[1], v_true)
+        per.update(_literature_metrics(model, x, y, extra_counts, requested_weights or weight_samples))
         _append(rows, per)
         calibration.add(per_pixel_pm(logits), grader_mean(y.float()))
         if progress is not None:
@@ -152,11 +177,14 @@ def evaluate_indices(
     model.train(was_training)
     per_image = {k: np.concatenate(v) for k, v in rows.items()}
     summary = summarize_ncc(torch.from_numpy(per_image["ncc"]))
+    binary = summarize_ncc(torch.from_numpy(per_image["ncc_binary"]))
     result = EvalResult(
         ged=float(np.mean(per_image["ged"])),
         ncc=float(summary.mean),
         ncc_defined=int(summary.defined),
         ncc_excluded=int(summary.excluded),
+        ncc_binary=float(binary.mean),
+        ncc_binary_excluded=int(binary.excluded),
         diversity=float(np.mean(per_image["diversity"])),
         dist_sy=float(np.mean(per_image["dist_sy"])),
         brier=float(np.mean(per_image["brier"])),
@@ -173,6 +201,10 @@ def evaluate_indices(
     if "ncc_true" in per_image:
         true = summarize_ncc(torch.from_numpy(per_image["ncc_true"]))
         result.ncc_true, result.ncc_true_excluded = float(true.mean), int(true.excluded)
+        result.ncc_true_binary = float(summarize_ncc(torch.from_numpy(per_image["ncc_true_binary"])).mean)
+    for key in ("ged_16", "ged_100", "hm_iou_16"):
+        if key in per_image:
+            setattr(result, key, float(np.mean(per_image[key])))
     return result
 
 
@@ -232,24 +264,53 @@ def per_pixel_pm(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits).mean(dim=(1, 2))
 
 
-def _batch_metrics(logits: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image metrics of one batch: logits [B,M,K,H,W], masks bool [B,D,H,W]."""
+def _batch_metrics(model: torch.nn.Module, logits: torch.Tensor,
+                   masks: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Per-image metrics [B] of one batch (logits [B,M,K,H,W], masks bool [B,D,H,W]) and the aleatoric maps
+    [B,H,W] from probabilities and from binary samples (for the NCC against a true variance)."""
     b, m, k, h, w = logits.shape
-    samples = binarize(logits)
-    parts = decompose(samples)
-    flat = samples.reshape(b, m * k, h, w)
-    aleatoric = parts.aleatoric
-    terms = ged_terms(flat, masks)  # one Gram matrix gives GED, E d(S,Y) and E d(S,S')
-    return {
+    samples = binary_samples(model.model_cfg, logits)
+    parts = decompose_probabilities(torch.sigmoid(logits))
+    binary = decompose(samples)
+    terms = ged_terms(samples.reshape(b, m * k, h, w), masks)  # one Gram matrix: GED, E d(S,Y), E d(S,S')
+    v_g = grader_variance(masks.float())
+    per = {
         "ged": terms.ged,
         "diversity": terms.sample_diversity,
         "dist_sy": terms.cross,
-        "ncc": ncc(aleatoric, grader_variance(masks.float())),
+        "ncc": ncc(parts.aleatoric, v_g),
+        "ncc_binary": ncc(binary.aleatoric, v_g),
         "brier": brier(per_pixel_pm(logits), grader_mean(masks.float())),
-        "aleatoric": aleatoric.mean(dim=(1, 2)),
+        "aleatoric": parts.aleatoric.mean(dim=(1, 2)),
         "epistemic": parts.epistemic.mean(dim=(1, 2)),
-        "_aleatoric_map": aleatoric,
     }
+    return per, (parts.aleatoric, binary.aleatoric)
+
+
+def hm_iou_count(graders: int, at_least: int = 16) -> int:
+    """Samples for HM-IoU with `graders` annotations: `at_least`, or the next multiple of `graders` above it."""
+    return graders * math.ceil(at_least / graders)
+
+
+def _literature_metrics(model: torch.nn.Module, x: torch.Tensor, masks: torch.Tensor, counts: tuple[int, ...],
+                        weight_samples: int) -> dict[str, torch.Tensor]:
+    """`ged_<n>` for each n in `counts` and `hm_iou_16` (if 16 is among them), each from its own draw of binary
+    samples on the method's grid for n samples; per image [B]."""
+    out: dict[str, torch.Tensor] = {}
+    draws: dict[int, torch.Tensor] = {}
+
+    def draw(n: int) -> torch.Tensor:
+        if n not in draws:
+            m, k = sampling_grid(model.model_cfg, n, weight_samples)
+            logits = predict_samples(model, x, m, k).float()
+            draws[n] = binary_samples(model.model_cfg, logits).flatten(1, 2)  # [B, n, H, W]
+        return draws[n]
+
+    for n in counts:
+        out[f"ged_{n}"] = ged(draw(n), masks)
+    if 16 in counts:
+        out["hm_iou_16"] = hm_iou(draw(hm_iou_count(masks.shape[1])), masks)
+    return out
 
 
 def _append(rows: dict[str, list[np.ndarray]], values: dict[str, torch.Tensor]) -> None:

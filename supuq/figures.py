@@ -18,8 +18,8 @@ import torch
 
 from .data.types import MultiGraderSet
 from .evaluate import predict_samples
-from .models.registry import sampling_grid
-from .sampling import binarize, decompose, grader_variance
+from .models.registry import binary_samples, sampling_grid
+from .sampling import decompose_probabilities, grader_variance
 
 
 def pyplot():
@@ -46,15 +46,17 @@ def panel_maps(
     index [n] int64; image [n, H, W] float32; masks [n, D, H, W] uint8; samples [n, S, H, W] uint8 (S =
     `shown_samples` binary samples, evenly spaced over the M x K drawn) and sample_ids [S] (their 0-based numbers);
     true [n, H, W] float32 (grader variance, or p*(1-p*) when the generator's p* is known) and true_label (0-d
-    str); aleatoric and epistemic [n, H, W] float32 (the decomposition of all M x K samples). The samples are
-    drawn on the method's grid (`sampling_grid`), as in `evaluate`."""
+    str); aleatoric and epistemic [n, H, W] float32 (`decompose_probabilities` of all M x K samples'
+    probabilities, the maps `evaluate`'s NCC scores). The samples are drawn on the method's grid
+    (`sampling_grid`), as in `evaluate`."""
     indices = np.asarray(indices, dtype=np.int64)
     device = next(model.parameters()).device
     weight_samples, latent_samples = sampling_grid(model.model_cfg, weight_samples * latent_samples, weight_samples)
     x = torch.as_tensor(np.asarray(data.images[indices]), dtype=torch.float32, device=device)
     masks = torch.as_tensor(np.asarray(data.masks[indices]), dtype=torch.float32)
-    samples = binarize(predict_samples(model, x, weight_samples, latent_samples)).cpu()
-    parts = decompose(samples)
+    logits = predict_samples(model, x, weight_samples, latent_samples).float().cpu()
+    samples = binary_samples(model.model_cfg, logits)
+    parts = decompose_probabilities(torch.sigmoid(logits))
     if data.prob is not None:
         p_true = torch.as_tensor(np.asarray(data.prob[indices]))
         true_unc, true_label = p_true * (1 - p_true), "true p*(1-p*)"

@@ -44,8 +44,36 @@ def test_samples_equal_to_annotations_give_ged_0_and_ncc_1(tiny_cfg):
     assert defined.any()
     assert np.allclose(result.per_image["ncc"][defined], 1.0, atol=1e-6)
     assert result.ncc_excluded == int((~defined).sum())
+    # the binary samples' map is the grader variance itself; the probabilities' map (p = sigmoid(+-10)) is an
+    # affine image of it, so both NCCs are 1 where defined
+    assert np.allclose(result.per_image["ncc_binary"][defined], 1.0, atol=1e-6)
     assert result.epistemic == 0.0
     assert result.brier == pytest.approx(0.0, abs=1e-6)
+    # the literature's metrics on draws of their own: 16 and 100 samples are 4 and 25 copies of each annotation
+    assert result.ged_16 == pytest.approx(0.0, abs=1e-9) and result.ged_100 == pytest.approx(0.0, abs=1e-9)
+    assert result.hm_iou_16 == pytest.approx(1.0, abs=1e-12)
+    quick = evaluate(model, data, "test", 1, 8, batch_size=5, data_cfg=tiny_cfg.data, literature=False)
+    assert quick.ged_16 is quick.ged_100 is quick.hm_iou_16 is None
+    assert "test/hm_iou_16" in result.as_dict() and "test/hm_iou_16" not in quick.as_dict()
+
+
+def test_maps_come_from_probabilities_and_binary_maps_from_thresholds():
+    """Logits whose samples all agree after thresholding but not in probability: 0.8 in every sample gives
+    aleatoric 0.16 from probabilities and 0 from binary samples (`_batch_metrics`, the maps behind the NCCs)."""
+    from supuq.evaluate import _batch_metrics
+
+    class Fixed(torch.nn.Module):
+        model_cfg = ModelConfig(method="kohl", weight_noise={"enabled": False})
+
+    logit = float(np.log(0.8 / 0.2))
+    logits = torch.full((1, 1, 4, 4, 4), logit)
+    logits[0, 0, :, 0, 0] = -5.0  # one pixel off in every sample
+    masks = torch.zeros(1, 4, 4, 4, dtype=torch.bool)
+    masks[0, :2] = True
+    per, (from_probs, from_binary) = _batch_metrics(Fixed(), logits, masks)
+    assert from_probs[0, 1, 1] == pytest.approx(0.16, abs=1e-6)
+    assert from_binary[0, 1, 1] == 0.0
+    assert per["aleatoric"][0] == pytest.approx(float(from_probs.mean()), abs=1e-7)
 
 
 def test_evaluate_real_model_protocol_and_ranges(tiny_cfg, tmp_path):
@@ -55,7 +83,8 @@ def test_evaluate_real_model_protocol_and_ranges(tiny_cfg, tmp_path):
     assert result.n_images == len(fitted.split.test)
     assert 0 <= result.aleatoric <= 0.25 and 0 <= result.epistemic <= 0.25
     assert 0 <= result.ged <= 2 and 0 <= result.ece <= 1
-    assert result.ncc_true is not None  # synthetic data know the true probabilities
+    assert result.ncc_true is not None and result.ncc_true_binary is not None  # synthetic: the true p* is known
+    assert 0 < result.hm_iou_16 <= 1 and 0 <= result.ged_100 <= 2 and 0 <= result.ged_16 <= 2
     kohl = fit(tiny_cfg.with_method("kohl"))
     k = evaluate(kohl.model, kohl.data, "test", 2, 3, data_cfg=tiny_cfg.data)
     assert (k.weight_samples, k.latent_samples) == (1, 6)  # no weight noise: the same 6 samples, all latent

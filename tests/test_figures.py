@@ -48,8 +48,8 @@ def _shown(ax) -> np.ndarray:
 
 def test_uncertainty_figure_shows_the_image_graders_samples_and_maps(tiny_cfg, tmp_path, drawn):
     """Per image: the image, each grader's mask, binary samples, then p*(1-p*), aleatoric and epistemic.
-    With samples that are the annotations (M=2 weight x K=2 latent: graders 1-2, then 3-4) the maps are known:
-    q_m = mean of a pair, aleatoric = mean_m q_m (1 - q_m), epistemic = var_m q_m."""
+    With samples that are the annotations (M=2 weight x K=2 latent: graders 1-2, then 3-4; logits +-10) the maps
+    are known: p_m = mean of a pair's sigmoid(+-10), aleatoric = mean_m p_m (1 - p_m), epistemic = var_m p_m."""
     data = load_dataset(tiny_cfg.data)
     images, masks, prob = (np.asarray(a, dtype=np.float64) for a in (data.images, data.masks, data.prob))
     echo = AnnotationEcho(np.asarray(data.images), np.asarray(data.masks))
@@ -67,7 +67,8 @@ def test_uncertainty_figure_shows_the_image_graders_samples_and_maps(tiny_cfg, t
             assert top[j + 1].get_title() == f"grader {j + 1}"
             np.testing.assert_array_equal(_shown(top[j + 1]), masks[i, j])
             np.testing.assert_array_equal(_shown(mid[j]), masks[i, j])  # sample j+1 of 4 is grader j+1's mask
-        q = np.stack([masks[i, :2].mean(0), masks[i, 2:].mean(0)])
+        p = np.where(masks[i] > 0, 1 / (1 + np.exp(-10.0)), 1 / (1 + np.exp(10.0)))  # the echo's probabilities
+        q = np.stack([p[:2].mean(0), p[2:].mean(0)])
         aleatoric, epistemic = (q * (1 - q)).mean(0), q.var(0)
         assert [ax.get_title() for ax in bot[:3]] == ["true p*(1-p*)", "pred. aleatoric", "pred. epistemic"]
         np.testing.assert_allclose(_shown(bot[0]), prob[i] * (1 - prob[i]), atol=1e-6)

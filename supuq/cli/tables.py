@@ -18,15 +18,16 @@ COLUMN_STYLE = {"method": "bold", "verdict": "cyan", "published": "italic yellow
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
     """Test or re-evaluation metrics, one row per run (`supuq train`, `supuq evaluate`)."""
-    table = compact(title, caption="NCC: predicted aleatoric vs grader variance (excl.: images with a constant "
-                    "map); NCC true: vs the generator's p*(1-p*); div.: E d(S,S')")
+    table = compact(title, caption="NCC: predicted aleatoric (from probabilities) vs grader variance (excl.: images "
+                    "with a constant map); bin.: from binary samples; NCC true: vs the generator's p*(1-p*); GED100, "
+                    "HM-IoU16: the literature's, on 100 and 16 samples")
     text_column(table, "run")
-    for column in ("GED", "NCC", "excl.", "NCC true", "div.", "E d(S,Y)"):
+    for column in ("GED", "GED100", "HM-IoU16", "NCC", "bin.", "excl.", "NCC true"):
         number_column(table, column)
     for name, m in rows.items():
-        table.add_row(name, _num(m["ged"], ".4f"), _num(m["ncc"], ".3f"),
-                      f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", _num(m.get("ncc_true"), ".3f"),
-                      _num(m["diversity"], ".3f"), _num(m["dist_sy"], ".3f"))
+        table.add_row(name, _num(m["ged"], ".4f"), _num(m.get("ged_100"), ".4f"), _num(m.get("hm_iou_16"), ".3f"),
+                      _num(m["ncc"], ".3f"), _num(m.get("ncc_binary"), ".3f"),
+                      f"{int(m['ncc_excluded'])}/{int(m['n_images'])}", _num(m.get("ncc_true"), ".3f"))
     return table
 
 

@@ -45,6 +45,10 @@ WEIGHT_NOISE_KEYS = ("model.weight_noise.enabled", "model.weight_noise.prior", "
                      "model.weight_noise.init_log_sigma")
 
 
+BINARY_RULES = {"threshold": "sigmoid(logit) > 0.5", "bernoulli": "Bernoulli(sigmoid(logit)) per pixel"}
+"""The rules a method's `binary` names, as words (prediction.json says which one made the samples)."""
+
+
 @dataclass(frozen=True)
 class Method:
     """One `model.method`. `keys`: the dotted config keys only this method reads (every method reads the

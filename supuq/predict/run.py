@@ -20,10 +20,11 @@ Pipeline (`predict`, the CLI's `supuq predict`):
    independently; each pixel's maps are the Gaussian-weighted mean over the tiles that cover it, and its binary
    samples come from the tile most centred on it (`supuq.predict.tiles`). Outside the predicted region every
    map is 0. Tiles are batched on the device.
-5. Per pixel, from the M x K binary samples (docs/architecture.md, Sampling and the uncertainty decomposition; on the method's grid,
-   `supuq.models.registry.sampling_grid`: a method that samples no weights draws 1 x samples): ``pm`` mean
-   sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric + epistemic), ``consensus`` =
-   pm > 0.5, optionally the S binary samples as one (N+1)-D image.
+5. Per pixel, from the M x K samples' probabilities (docs/architecture.md, Sampling and the uncertainty
+   decomposition; on the method's grid, `supuq.models.registry.sampling_grid`: a method that samples no weights
+   draws 1 x samples): ``pm`` mean sigmoid probability, ``aleatoric``, ``epistemic``, ``total`` (= aleatoric +
+   epistemic, `decompose_probabilities`), ``consensus`` = pm > 0.5, optionally the S binary samples (the
+   method's binary rule) as one (N+1)-D image.
 6. Outputs in the input's geometry (origin, spacing, direction copied) in ``--format nifti`` (.nii.gz) or
    ``same`` (the input's extension; a DICOM input is written as .nii.gz, and PNG/JPEG/BMP inputs are refused
    because those formats cannot hold floating-point maps), ``prediction.json`` with every setting and the
@@ -53,7 +54,7 @@ from ..errors import SupuqError
 from ..evaluate import predict_samples
 from ..models import registry
 from ..outputs import check_output_folder
-from ..sampling import binarize, decompose
+from ..sampling import decompose_probabilities
 from .io import (annotated_slices, image_like, output_extension, overview_figure, read_input, scalar_image,
                  stacked_like, write_maps)
 from .tiles import BLEND_SIGMA, MapBlender, blend_weights, centre_window, tile_windows
@@ -208,8 +209,8 @@ def predict_volume(
             for i, (z, win) in enumerate(part):
                 tiles[i, 0, win.dst_y, win.dst_x] = x[z, win.src_y, win.src_x]
             logits = predict_samples(model, torch.from_numpy(tiles).to(device), m, k).float()  # [B,M,K,s,s]
-            binary = binarize(logits)
-            parts = decompose(binary)
+            binary = registry.binary_samples(model.model_cfg, logits)
+            parts = decompose_probabilities(torch.sigmoid(logits))  # the maps of the samples' probabilities
             out = {"pm": torch.sigmoid(logits).mean(dim=(1, 2)), "aleatoric": parts.aleatoric,
                    "epistemic": parts.epistemic, "total": parts.total}
             out = {name: value.cpu().numpy() for name, value in out.items()}
@@ -348,10 +349,10 @@ def predict(
                   "epoch": loaded.epoch, "weight_noise": loaded.cfg.model.weight_noise.enabled},
         "preprocessing": info["preprocessing"],
         "crop": info["crop"],
-        "sampling": {**info["grid"], "binary_sample": "sigmoid(logit) > 0.5",
+        "sampling": {**info["grid"], "binary_sample": registry.BINARY_RULES[registry.method(loaded.cfg.model.method).binary],
                      "pm": "mean sigmoid probability over all samples", "consensus": "pm > 0.5",
-                     "decomposition": "q_m = mean_k s_mk; aleatoric = mean_m q_m(1-q_m); epistemic = var_m q_m; "
-                     "total = qbar(1-qbar) = aleatoric + epistemic"},
+                     "decomposition": "p_m = mean_k sigmoid(logit_mk); aleatoric = mean_m p_m(1-p_m); epistemic = "
+                     "var_m p_m; total = pbar(1-pbar) = aleatoric + epistemic"},
         "slices": {"mode": slices, "predicted": info["slices_predicted"], "count": len(info["slices_predicted"]),
                    "annotations": used, "axis": "axial (array axis 0, image index z)"},
         "format": {"requested": fmt, "extension": ext},

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..models.registry import METHOD_LABELS  # noqa: F401  the labels live in the method registry
 from .published import PAPER, PROTOCOL, PUBLISHED_LABEL, PUBLISHED_SEEDS, PublishedValue, published_for
-REPORTED = ("ged", "ncc", "ncc_excluded", "ncc_true", "diversity", "dist_sy", "brier", "ece", "aleatoric", "epistemic")
+REPORTED = ("ged", "ged_16", "ged_100", "hm_iou_16", "ncc", "ncc_excluded", "ncc_binary", "ncc_true", "ncc_true_binary",
+            "diversity", "dist_sy", "brier", "ece", "aleatoric", "epistemic")
 
 
 def aggregate(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, float]]:
@@ -214,17 +215,24 @@ class ResultTables:
 
 OURS = "supervised"
 # (per-seed key, column name, digits) of each table's measured columns.
-TABLE2 = (("ged", "GED", 4), ("dist_sy", "E d(S,Y)", 4), ("diversity", "diversity E d(S,S')", 4))
+TABLE2 = (("ged", "GED", 4), ("dist_sy", "E d(S,Y)", 4), ("diversity", "diversity E d(S,S')", 4),
+          ("ged_16", "GED_16", 4), ("ged_100", "GED_100", 4), ("hm_iou_16", "HM-IoU_16 (higher is better)", 4))
 TABLE3 = (("ncc", "NCC", 3), ("ncc_excluded", "images excluded (constant map)", 1),
-          ("ncc_common", "NCC, common subset", 3), ("ncc_true", "NCC vs true variance", 3))
+          ("ncc_common", "NCC, common subset", 3), ("ncc_binary", "NCC, binary samples", 3),
+          ("ncc_true", "NCC vs true variance", 3), ("ncc_true_binary", "NCC vs true variance, binary samples", 3))
 CALIBRATION = (("brier", "Brier (p_m vs p_g)", 5), ("ece", "ECE", 4), ("aleatoric", "mean aleatoric", 5),
                ("epistemic", "mean epistemic", 6))
 NOTES = {
-    "table2": "GED: generalized energy distance, d = 1 - IoU (V-statistic). E d(S,Y) and the sample diversity are "
-              "shown because GED subtracts the diversity, which rewards noisy samples.",
+    "table2": "GED: generalized energy distance, d = 1 - IoU (V-statistic), from binary samples. E d(S,Y) and the "
+              "sample diversity are shown because GED subtracts the diversity, which rewards noisy samples. GED_16, "
+              "GED_100 and HM-IoU_16 (Hungarian-matched IoU, IoU(empty, empty) = 1) are the literature's versions, "
+              "each on a draw of its own of 16 or 100 samples.",
     "table3": "NCC: mean over test images where both maps vary; images with a constant map are excluded (count "
               "shown), so each method's mean covers its own subset; the common-subset column compares all methods "
-              "on the images where every method's NCC is defined (same seed).",
+              "on the images where every method's NCC is defined (same seed). NCC and NCC vs true variance use the "
+              "aleatoric map of the samples' probabilities (mean over weight samples of p(1 - p), p the mean "
+              "sigmoid over latent samples); the binary-sample columns use the same formula on thresholded (or, "
+              "for the soft-label U-Net, Bernoulli) samples.",
     "calibration": "ECE (supuq.metrics.ece_from_bins): each test pixel binned by p_m into 10 equal bins, the "
                    "count-weighted mean over bins of |mean p_m - mean p_g|, computed per seed over all its test "
                    "pixels, then mean ± std over seeds (the one ECE this run reports). Brier: mean over pixels of "

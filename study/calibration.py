@@ -1,0 +1,101 @@
+"""The calibration probes and budget table of docs/calibration.md: what moves the aleatoric map's NCC against the
+synthetic generator's true variance p*(1-p*), measured with supuq's own `supuq train` (no tracking), 2 seeds each.
+
+Usage (from the project root, venv active or SUPUQ pointing at the CLI; ~25 min on 2 CPU cores):
+    python study/calibration.py [--out docs/calibration.md] [--jobs 2]
+Each row is one variant (a method and config overrides) on configs/synthetic.yaml's data and model; the budget
+rows change only the number of images and epochs. Runs go to runs/calibration/<row>/seed<k>/ (replaced on rerun:
+this script made them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "calibration"
+SUPUQ = os.environ.get("SUPUQ", str(ROOT / ".venv" / "bin" / "supuq"))
+SEEDS = (0, 1)
+
+# (row name, method, overrides): the candidates of issue 18 at the demo budget (800 images, 20 epochs), then the
+# budget (images x epochs) for the soft-label reference and the supervised method's best candidate.
+PROBES = [
+    ("ours, gamma 10 (the demo config)", "supervised", ()),
+    ("ours, gamma 1000", "supervised", ("loss.gamma=1000",)),
+    ("ours, gamma 1000, 16 supervision samples", "supervised", ("loss.gamma=1000", "loss.supervision_samples=16")),
+    ("ours, gamma 10000", "supervised", ("loss.gamma=10000",)),
+    ("Prob. U-Net (gamma 0)", "kohl", ()),
+    ("soft-label U-Net", "soft_label", ()),
+]
+BUDGET = [("800 images, 60 epochs", ("train.epochs=60",)),
+          ("2400 images, 20 epochs", ("data.synthetic.n=2400",))]
+COLUMNS = (("ncc_true", "NCC vs p*(1-p*)"), ("ncc_true_binary", "same, binary samples"),
+           ("ncc", "NCC vs grader var."), ("ged", "GED"), ("hm_iou_16", "HM-IoU_16"))
+
+
+def run_one(name: str, method: str, overrides: tuple[str, ...], seed: int) -> dict:
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    out = RUNS / slug / f"seed{seed}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [SUPUQ, "train", "--config", "configs/synthetic.yaml", "--method", method, "--seed", str(seed),
+           "--no-track", "--out", str(out), *[a for o in overrides for a in ("--set", o)]]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return json.loads((out / "eval.json").read_text())
+
+
+def cell(values: list[float], digits: int = 3) -> str:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return "n/a" if not len(arr) else f"{arr.mean():.{digits}f} ± {arr.std(ddof=1) if len(arr) > 1 else 0:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/calibration.md")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    rows = [(n, m, o) for n, m, o in PROBES]
+    for label, extra in BUDGET:
+        rows += [(f"soft-label U-Net, {label}", "soft_label", extra),
+                 (f"ours, gamma 1000, {label}", "supervised", ("loss.gamma=1000", *extra))]
+    started = time.time()
+    jobs = [(row, seed) for row in rows for seed in SEEDS]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_one(*job[0], job[1]), jobs))
+    by_row: dict[str, list[dict]] = {}
+    for (row, _), res in zip(jobs, results):
+        by_row.setdefault(row[0], []).append(res)
+    minutes = (time.time() - started) / 60
+    lines = ["| variant | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for name, _, _ in rows:
+        res = by_row[name]
+        lines.append(f"| {name} | " + " | ".join(cell([r.get(k) for r in res], 4 if k == "ged" else 3)
+                                                for k, _ in COLUMNS) + " |")
+    table = "\n".join(lines)
+    out = ROOT / args.out
+    text = out.read_text() if out.exists() else ""
+    start, end = "<!-- calibration table: begin -->", "<!-- calibration table: end -->"
+    block = f"{start}\n{table}\n\n({len(jobs)} runs, {minutes:.0f} min on {os.cpu_count()} CPU cores)\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text + "\n" + block + "\n"
+    out.write_text(text)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
