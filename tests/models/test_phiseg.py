@@ -181,7 +181,7 @@ def test_adam_steps_lower_the_loss_and_gradients_reach_every_net(batch):
 
 
 def test_phiseg_trains_and_tests_through_the_cli(tmp_path):
-    sets = [*TINY_OVERRIDES, "data.synthetic.n=40", "model.phiseg_levels=2", "train.epochs=1"]
+    sets = [*TINY_OVERRIDES, "data.synthetic.n=40", "train.epochs=1"]
     cmd = [sys.executable, "-m", "supuq.cli", "train", "--method", "phiseg", "--no-track",
            "--config", str(ROOT / "configs" / "synthetic.yaml"), "--out", str(tmp_path / "run"),
            *(a for s in sets for a in ("--set", s))]
