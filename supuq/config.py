@@ -19,7 +19,7 @@ from .errors import ConfigError
 DATASETS = ("synthetic", "lidc", "lidc-toolbox", "lidc-pickle", "lidc-png", "miccai2012", "qubiq")
 """The dataset names the config schema accepts; what each one is (reader, files, cache, family) is
 `supuq.data.registry`, whose entries are exactly these names (tests/data/test_registry.py)."""
-METHODS = ("supervised", "kohl", "kendall_gal", "ssn", "soft_label")
+METHODS = ("supervised", "kohl", "kendall_gal", "ssn", "soft_label", "phiseg")
 """The method names the config schema accepts; what each one is (network, labels, keys, sampling grid) is
 `supuq.models.registry`, whose entries are exactly these names."""
 METHOD_FIXED: dict[str, dict[str, Any]] = {
@@ -107,11 +107,17 @@ class ModelConfig(_Strict):
     weight_noise: WeightNoiseConfig = WeightNoiseConfig()
     dropout: float = Field(0.5, ge=0, lt=1, description="Kendall-Gal MC dropout rate in the deepest blocks")
     ssn_rank: int = Field(10, ge=0, le=64, description="SSN: rank R of the logit covariance factor P")
+    phiseg_levels: int = Field(3, ge=1, description="PHiSeg: latent levels L, at the L coarsest resolutions "
+                               "(at most len(model.num_filters))")
+    phiseg_latent_dim: int = Field(2, ge=1, description="PHiSeg: channels of each level's spatial latent z_l")
 
     @model_validator(mode="after")
     def _filters(self) -> "ModelConfig":
         if len(self.num_filters) < 2 or any(f < 1 for f in self.num_filters):
             raise ValueError("model.num_filters needs at least two positive entries")
+        if self.method == "phiseg" and self.phiseg_levels > len(self.num_filters):
+            raise ValueError(f"model.phiseg_levels ({self.phiseg_levels}) exceeds the {len(self.num_filters)} "
+                             "resolution levels of model.num_filters: PHiSeg puts one latent level per resolution")
         return self
 
 

@@ -66,6 +66,12 @@ def kl_gaussians(mu_q: Tensor, log_sigma_q: Tensor, mu_p: Tensor, log_sigma_p: T
     return kl.sum(-1)
 
 
+def kl_spatial_gaussians(mu_q: Tensor, log_sigma_q: Tensor, mu_p: Tensor, log_sigma_p: Tensor) -> Tensor:
+    """`kl_gaussians` of diagonal Gaussians over whole maps (PHiSeg's spatial latents): every element an
+    independent dimension. All inputs [N, *S] (e.g. [N, Z, H_l, W_l]). Returns [N]: the KL summed over S."""
+    return kl_gaussians(mu_q.flatten(1), log_sigma_q.flatten(1), mu_p.flatten(1), log_sigma_p.flatten(1))
+
+
 def supervised_aleatoric(p_m: Tensor, p_g: Tensor, eps: float = 1e-6) -> Tensor:
     """Mean over all elements of BCE(p_g, p_m) = -[p_g log p_m + (1 - p_g) log(1 - p_m)].
 

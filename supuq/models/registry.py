@@ -15,7 +15,7 @@ the same number of samples and no identical "weight samples" pretend to measure 
 - kendall_gal: `KendallGalUNet.sample` draws M independent MC-dropout masks (one U-Net pass over the batch
   repeated M times, dropout kept on) x K logit-noise draws each, so dropout masks are its weight samples and
   it gets M x K like supervised; with `model.dropout` 0 the masks are all the same and it draws 1 x S.
-- ssn, soft_label: no epistemic source (no weight noise, no dropout): 1 x S, epistemic exactly 0.
+- ssn, soft_label, phiseg: no epistemic source (no weight noise, no dropout): 1 x S, epistemic exactly 0.
 
 Binary samples (GED, HM-IoU, the `*_binary` maps) come from each sample's logit by the method's `binary` rule:
 "threshold" (logit > 0, i.e. sigmoid > 0.5: the sampled segmentation of a latent-variable model) or "bernoulli"
@@ -36,6 +36,7 @@ from ..config import METHOD_FIXED, METHODS as METHOD_NAMES, LossConfig, ModelCon
 from ..errors import ConfigError
 from ..sampling import binarize
 from .kendall_gal import KendallGalUNet
+from .phiseg import PHiSeg
 from .prob_unet import ProbUNet
 from .soft_label import SoftLabelUNet
 from .ssn import StochasticSegNet
@@ -108,6 +109,11 @@ METHODS: dict[str, Method] = {
             "soft_label", label="Soft-label U-Net (BCE against p_g)", short="soft-label",
             model_class=SoftLabelUNet, keys=(), samples_weights=lambda cfg: False, baseline=True,
             binary="bernoulli",
+        ),
+        Method(
+            "phiseg", label="PHiSeg (Baumgartner et al. 2019)", short="PHiSeg", model_class=PHiSeg,
+            keys=("loss.beta", "model.phiseg_levels", "model.phiseg_latent_dim"),
+            samples_weights=lambda cfg: False, baseline=True,
         ),
     )
 }
