@@ -107,18 +107,23 @@ class ModelConfig(_Strict):
     weight_noise: WeightNoiseConfig = WeightNoiseConfig()
     dropout: float = Field(0.5, ge=0, lt=1, description="Kendall-Gal MC dropout rate in the deepest blocks")
     ssn_rank: int = Field(10, ge=0, le=64, description="SSN: rank R of the logit covariance factor P")
-    phiseg_levels: int = Field(3, ge=1, description="PHiSeg: latent levels L, at the L coarsest resolutions "
-                               "(at most len(model.num_filters))")
+    phiseg_levels: int | None = Field(None, ge=1, description="PHiSeg: latent levels L, at the L coarsest "
+                                      "resolutions (at most len(model.num_filters); null: one per resolution)")
     phiseg_latent_dim: int = Field(2, ge=1, description="PHiSeg: channels of each level's spatial latent z_l")
 
     @model_validator(mode="after")
     def _filters(self) -> "ModelConfig":
         if len(self.num_filters) < 2 or any(f < 1 for f in self.num_filters):
             raise ValueError("model.num_filters needs at least two positive entries")
-        if self.method == "phiseg" and self.phiseg_levels > len(self.num_filters):
+        if self.method == "phiseg" and self.phiseg_levels is not None and self.phiseg_levels > len(self.num_filters):
             raise ValueError(f"model.phiseg_levels ({self.phiseg_levels}) exceeds the {len(self.num_filters)} "
                              "resolution levels of model.num_filters: PHiSeg puts one latent level per resolution")
         return self
+
+    @property
+    def latent_levels(self) -> int:
+        """PHiSeg's L: `phiseg_levels`, or one latent level per resolution level of `num_filters` when null."""
+        return self.phiseg_levels if self.phiseg_levels is not None else len(self.num_filters)
 
 
 class LossConfig(_Strict):

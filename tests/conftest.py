@@ -23,7 +23,6 @@ TINY_OVERRIDES = [
     "model.convs_per_block=1",
     "model.latent_dim=2",
     "model.fcomb_convs=2",
-    "model.phiseg_levels=2",  # PHiSeg (retrained with the baselines) has at most one latent level per resolution
     "train.epochs=2",
     "train.batch_size=8",
     "train.val_every=1",

@@ -148,7 +148,7 @@ class PHiSeg(nn.Module):
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig | None = None):
         super().__init__()
         f, c = model_cfg.num_filters, model_cfg.convs_per_block
-        levels, z = model_cfg.phiseg_levels, model_cfg.phiseg_latent_dim
+        levels, z = model_cfg.latent_levels, model_cfg.phiseg_latent_dim
         if levels > len(f):  # the config refuses this for method phiseg; a hand-built ModelConfig may not be
             raise ValueError(f"phiseg_levels ({levels}) exceeds the {len(f)} resolution levels of num_filters")
         self.model_cfg = model_cfg

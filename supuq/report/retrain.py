@@ -177,9 +177,11 @@ def retrain_sections(uri: str, run, work: Path) -> list[str]:
         for child in by_method.get(method, []):
             m = child.data.metrics
             rows.append([label[method], child.data.params.get("train.seed", "?"), *(num(m.get(f"test/{k}"), d) for k, d in
-                         (("ged", 4), ("ncc", 3), ("ncc_excluded", 0), ("diversity", 3), ("ece", 4))),
+                         (("ged", 4), ("ged_100", 4), ("hm_iou_16", 3), ("ncc", 3), ("ncc_binary", 3),
+                          ("ncc_excluded", 0), ("diversity", 3), ("ece", 4))),
                          f"<span class='tag'>{child.info.run_id}</span>"])
-    out.append(html_table(["method", "seed", "GED", "NCC", "NCC excl.", "diversity", "ECE", "run id"], rows, raw_last=True))
+    out.append(html_table(["method", "seed", "GED", "GED_100", "HM-IoU_16", "NCC", "NCC binary", "NCC excl.",
+                           "diversity", "ECE", "run id"], rows, raw_last=True))
     return out
 
 

@@ -82,7 +82,10 @@ def test_config_refuses_more_latent_levels_than_resolutions():
     with pytest.raises(ValidationError, match=r"model.phiseg_levels \(4\) exceeds the 3 .*model.num_filters"):
         ModelConfig(method="phiseg", num_filters=(8, 16, 32), phiseg_levels=4)
     with pytest.raises(ConfigError, match=r"model.phiseg_levels \(3\) exceeds the 2 resolution levels"):
-        load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]"])
+        load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]", "model.phiseg_levels=3"])
+    # unset: one latent level per resolution level, whatever the U-Net depth
+    assert load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]"]).model.latent_levels == 2
+    assert ModelConfig(method="phiseg", num_filters=(8, 16, 32, 64)).latent_levels == 4
     ModelConfig(method="phiseg", num_filters=(8, 16, 32), phiseg_levels=3)
     ModelConfig(method="kohl", num_filters=(8, 16), phiseg_levels=3)  # other methods do not read the key
     with pytest.raises(ValidationError):

@@ -14,8 +14,7 @@ from supuq.models.registry import BASELINES, METHOD_LABELS, METHODS, SHORT_LABEL
 from ..conftest import ROOT
 from .conftest import small_cfg
 
-SMALL = {"model.num_filters": [4, 8], "model.convs_per_block": 1, "model.latent_dim": 2, "model.fcomb_convs": 2,
-         "model.phiseg_levels": 2}  # PHiSeg: at most one latent level per resolution
+SMALL = {"model.num_filters": [4, 8], "model.convs_per_block": 1, "model.latent_dim": 2, "model.fcomb_convs": 2}
 
 
 def variants() -> list[tuple[str, Config]]:
