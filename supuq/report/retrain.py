@@ -200,7 +200,7 @@ def _config_table(methods: list[str], label: dict[str, str], by_method: dict[str
             params = runs[0].data.params
             own = METHODS[m].keys if m in METHODS else ()
             settings = "\n".join(f"{k.split('.', 1)[1]} {param_text(params.get(k))}" for k in own)  # one per line
-            rows.append([label[m], settings or "-", *(param_text(params.get(k)) for k in SHARED_KEYS)])
+            rows.append([label[m], settings or "none (no key of its own)", *(param_text(params.get(k)) for k in SHARED_KEYS)])
     if not rows:
         return ""
     head = ["method", "the method's own settings", *(k.split(".")[-1] for k in SHARED_KEYS)]

@@ -135,7 +135,7 @@ def write_results(
             src = tracking.download_artifact(uri, run.info.run_id, "figures/uncertainty.png", tmp)
             shutil.copy(src, assets / f"panels_{m}.png")
         lines += [f"### {METHOD_LABELS[m]} (seed 0)", "", f"![{m}]({assets.name}/panels_{m}.png)", ""]
-    lines += ["## Configuration (the supervised method's tuned config; baselines differ only in their own tuned keys)",
+    lines += ["## Configuration (the supervised method's tuned config; the others differ in their own tuned keys and the learning rate)",
               "", "```yaml", config_text.strip(), "```", ""]
     if commands:
         lines += ["## Commands that regenerate this file", "", "```bash", *commands, "```", ""]

@@ -135,7 +135,7 @@ RULE = ("a difference of seed means larger than 2 standard errors (Welch, seeds 
 # ------------------------------------------------------------------------------------------ smoke-scale runs
 
 # A retrain below any of these is a smoke run: it shows that the pipeline works, its numbers are not results.
-SMOKE_MIN_IMAGE_PX = 64  # shorter side of the images
+SMOKE_MIN_IMAGE_PX = 32  # shorter side of the images: the synthetic benchmark's study size (16 px is a test)
 SMOKE_MIN_EPOCHS = 30  # the fewest epochs any method trained
 SMOKE_MIN_SEEDS = 3  # the fewest seeds any method has
 
