@@ -46,10 +46,14 @@ COLUMNS = (("ncc_true", "NCC vs p*(1-p*)"), ("ncc_true_binary", "same, binary sa
            ("ncc", "NCC vs grader var."), ("ged", "GED"), ("hm_iou_16", "HM-IoU_16"))
 
 
+def slug(name: str) -> str:
+    """A row's folder name under runs/calibration/."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
 def run_one(name: str, method: str, overrides: tuple[str, ...], seed: int, keep: bool = False) -> dict:
     """Train and test one (variant, seed) with `supuq train`; with `keep`, a finished run's eval.json is reused."""
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    out = RUNS / slug / f"seed{seed}"
+    out = RUNS / slug(name) / f"seed{seed}"
     if keep and (out / "eval.json").exists():
         return json.loads((out / "eval.json").read_text())
     if out.exists():
@@ -89,6 +93,7 @@ def main() -> None:
     stored = json.loads(store.read_text()) if store.exists() else {}
     started = time.time()
     jobs = [(row, seed) for row in chosen for seed in SEEDS]
+    trained = sum(not (args.keep and (RUNS / slug(row[0]) / f"seed{seed}" / "eval.json").exists()) for row, seed in jobs)
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda job: run_one(*job[0], job[1], keep=args.keep), jobs))
     for row, _ in jobs:
@@ -107,7 +112,7 @@ def main() -> None:
     out = ROOT / args.out
     text = out.read_text() if out.exists() else ""
     start, end = "<!-- calibration table: begin -->", "<!-- calibration table: end -->"
-    block = (f"{start}\n{table}\n\n(mean ± std over seeds {', '.join(map(str, SEEDS))}; the last call ran {len(jobs)} "
+    block = (f"{start}\n{table}\n\n(mean ± std over seeds {', '.join(map(str, SEEDS))}; the last call trained {trained} "
              f"runs in {minutes:.0f} min on {os.cpu_count()} CPU cores)\n{end}")
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]

@@ -108,7 +108,7 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.5, ge=0, lt=1, description="Kendall-Gal MC dropout rate in the deepest blocks")
     ssn_rank: int = Field(10, ge=0, le=64, description="SSN: rank R of the logit covariance factor P")
     phiseg_levels: int | None = Field(None, ge=1, description="PHiSeg: latent levels L, at the L coarsest "
-                                      "resolutions (at most len(model.num_filters); null: one per resolution)")
+                                      "resolutions (at most len(model.num_filters); null: all but the finest)")
     phiseg_latent_dim: int = Field(2, ge=1, description="PHiSeg: channels of each level's spatial latent z_l")
 
     @model_validator(mode="after")
@@ -122,8 +122,9 @@ class ModelConfig(_Strict):
 
     @property
     def latent_levels(self) -> int:
-        """PHiSeg's L: `phiseg_levels`, or one latent level per resolution level of `num_filters` when null."""
-        return self.phiseg_levels if self.phiseg_levels is not None else len(self.num_filters)
+        """PHiSeg's L: `phiseg_levels`, or when null one latent level per resolution level of `num_filters` but the
+        finest (the paper keeps its latents off the full resolution: 5 latent levels of 7 resolutions)."""
+        return self.phiseg_levels if self.phiseg_levels is not None else max(1, len(self.num_filters) - 1)
 
 
 class LossConfig(_Strict):

@@ -1,12 +1,9 @@
 """supuq.models.phiseg: PHiSeg's loss terms and samples (shapes, known values, the prior conditioned on the
-posterior's samples), its config check, training on tiny data, and `supuq train --method phiseg` end to end."""
+posterior's samples), its config check and training on tiny data (`supuq train --method phiseg`: tests/cli/test_main.py)."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +15,6 @@ from supuq.losses import kl_spatial_gaussians, reconstruction
 from supuq.models import build_model
 from supuq.models.phiseg import PHiSeg
 
-from ..conftest import ROOT, TINY_OVERRIDES
 from .conftest import B, D, FILTERS, H, count_calls, small_cfg
 
 Z = 2  # latent channels per level in these tests
@@ -83,9 +79,9 @@ def test_config_refuses_more_latent_levels_than_resolutions():
         ModelConfig(method="phiseg", num_filters=(8, 16, 32), phiseg_levels=4)
     with pytest.raises(ConfigError, match=r"model.phiseg_levels \(3\) exceeds the 2 resolution levels"):
         load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]", "model.phiseg_levels=3"])
-    # unset: one latent level per resolution level, whatever the U-Net depth
-    assert load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]"]).model.latent_levels == 2
-    assert ModelConfig(method="phiseg", num_filters=(8, 16, 32, 64)).latent_levels == 4
+    # unset: a latent level at every resolution but the finest, whatever the U-Net depth
+    assert load_config(None, ["model.method=phiseg", "model.num_filters=[4,8]"]).model.latent_levels == 1
+    assert ModelConfig(method="phiseg", num_filters=(8, 16, 32, 64)).latent_levels == 3
     ModelConfig(method="phiseg", num_filters=(8, 16, 32), phiseg_levels=3)
     ModelConfig(method="kohl", num_filters=(8, 16), phiseg_levels=3)  # other methods do not read the key
     with pytest.raises(ValidationError):
@@ -181,16 +177,3 @@ def test_adam_steps_lower_the_loss_and_gradients_reach_every_net(batch):
             assert model.prior.encoder.blocks[0][0].weight.grad.abs().sum() > 0
         opt.step()
     assert loss_at_fixed_noise() < before - 2.0  # nats per pair; identical posterior draws, so no noise in it
-
-
-def test_phiseg_trains_and_tests_through_the_cli(tmp_path):
-    sets = [*TINY_OVERRIDES, "data.synthetic.n=40", "train.epochs=1"]
-    cmd = [sys.executable, "-m", "supuq.cli", "train", "--method", "phiseg", "--no-track",
-           "--config", str(ROOT / "configs" / "synthetic.yaml"), "--out", str(tmp_path / "run"),
-           *(a for s in sets for a in ("--set", s))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert result["weight_samples"] == 1 and result["latent_samples"] == 4  # PHiSeg's 1 x S grid
-    for key in ("ged", "ncc"):
-        assert math.isfinite(result[key]), key

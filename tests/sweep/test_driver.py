@@ -381,3 +381,30 @@ def test_grace_period_is_clamped_to_the_sweeps_epochs():
     assert said == ["ASHA grace period 2 is above the sweep's 1 epoch(s): using 1 (no trial is stopped before its "
                     "last epoch)"]
     assert grace_period(space, 5, said.append) == 2 and len(said) == 1
+
+
+@pytest.mark.parametrize("method, space", [
+    ("ssn", {"model.ssn_rank": {"choice": [1, 3]}, "loss.ssn_samples": {"choice": [2, 4]}}),
+    ("phiseg", {"loss.beta": {"loguniform": [0.1, 10.0]}, "model.phiseg_levels": {"choice": [1, 2]}}),
+    ("soft_label", {"optim.lr": {"loguniform": [1e-4, 3e-3]}}),
+])
+def test_sweep_of_each_new_method_by_set(tmp_path, monkeypatch, ray_session, method, space):
+    """`supuq sweep --set model.method=...` for the methods added beside the paper's: every trial trains that
+    method (its MLflow params say so) on its own search keys, and `supuq best` answers for it."""
+    monkeypatch.chdir(tmp_path)
+    path = write_space(tmp_path, num_samples=2, scheduler={"type": "none"})
+    raw = yaml.safe_load(path.read_text())
+    raw["space"] = space
+    path.write_text(yaml.safe_dump(raw))
+    sets = [x for o in (*TINY_OVERRIDES, f"model.method={method}") for x in ("--set", o)]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = runner.invoke(app, ["sweep", "--dataset", "synthetic", "--config", str(ROOT / "configs/synthetic.yaml"),
+                                 "--space", str(path), "--storage", str(tmp_path / "rr"), "--tracking-uri", uri,
+                                 "--name", f"by-{method}", *sets])
+    assert result.exit_code == 0, result.output
+    runs = children(uri, sweep_state(tmp_path, f"by-{method}")["parent_run_id"])
+    assert len(runs) == 2 and {r.data.params["model.method"] for r in runs} == {method}
+    assert all(math.isfinite(r.data.metrics["val/ged"]) and "val/ncc" in r.data.metrics for r in runs)
+    assert {key for r in runs for key in space} <= set(runs[0].data.params)
+    result = runner.invoke(app, ["best", "--sweep", f"by-{method}", "--tracking-uri", uri])
+    assert result.exit_code == 0 and "val/ged = " in result.output, result.output
