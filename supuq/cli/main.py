@@ -198,7 +198,7 @@ def best(
     sweep: Optional[str] = typer.Option(None, help="Sweep name or parent run id (default: the latest sweep)."),
     retrain: bool = typer.Option(False, "--retrain", help="Retrain the best config from scratch over seeds, on train+val."),
     seeds: int = typer.Option(5, help="Seeds for --retrain."),
-    baselines: bool = typer.Option(False, "--baselines", help="Also retrain the Kohl and Kendall-Gal baselines."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also retrain every other method (Kohl, Kendall-Gal, SSN, PHiSeg, soft-label) under the same protocol."),
     samples: int = typer.Option(50, help="Test samples per image."),
     serial: bool = typer.Option(False, "--serial", help="Retrain seeds one after another instead of as Ray tasks."),
     baseline_sweep: list[str] = typer.Option(

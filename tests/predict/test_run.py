@@ -210,6 +210,26 @@ def test_kohl_model_has_exactly_zero_epistemic(kohl_ckpt, tmp_path):
     assert outcome.details["sampling"]["weight_samples"] == 1 and outcome.details["sampling"]["latent_samples"] == 6
 
 
+@pytest.fixture(scope="module")
+def soft_label_ckpt(tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("soft_label"), "soft_label")
+
+
+def test_soft_label_model_maps_are_p_times_one_minus_p_and_its_samples_bernoulli(soft_label_ckpt, tmp_path):
+    """One probability map p per pixel: aleatoric = total = pm (1 - pm) exactly, epistemic 0; its binary samples
+    are Bernoulli(p) draws (prediction.json says so), so they differ where p is neither 0 nor 1."""
+    source = write_volume(tmp_path / "vol.mha", synthetic_volume(2))
+    outcome = predict(soft_label_ckpt, source, tmp_path / "out", samples=8, weight_samples=5, fmt="same",
+                      save_samples=True)
+    maps = assert_maps_consistent(tmp_path / "out", ".mha")
+    assert not maps["epistemic"].any()
+    np.testing.assert_allclose(maps["aleatoric"], maps["pm"] * (1 - maps["pm"]), atol=1e-6)
+    assert outcome.details["sampling"]["binary_sample"] == "Bernoulli(sigmoid(logit)) per pixel"
+    samples = read(tmp_path / "out" / "samples.mha")[1]  # [..., S]: the 8 draws along the last array axis
+    spread = samples.astype(np.float32).std(axis=-1 if samples.shape[-1] == 8 else 0)
+    assert spread.max() > 0
+
+
 def test_predict_volume_api_on_a_2d_image(ckpt):
     model = load_model(ckpt)
     x = sitk.GetImageFromArray(synthetic_volume()[1])  # 2-D [20, 24]
