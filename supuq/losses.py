@@ -39,6 +39,15 @@ class LossTerms:
     supervised: Tensor
     l2: Tensor
 
+    @classmethod
+    def without_weight_terms(cls, recon: Tensor, l2: Tensor, kl_z: Tensor | None = None,
+                             beta: float = 1.0) -> "LossTerms":
+        """The terms of a method with no weight KL and no supervised term (Kendall & Gal, SSN, PHiSeg, the
+        soft-label U-Net): total = recon + beta * kl_z + l2, the absent terms 0-dim zeros."""
+        zero = recon.new_zeros(())
+        kl_z = zero if kl_z is None else kl_z
+        return cls(total=recon + beta * kl_z + l2, recon=recon, kl_z=kl_z, kl_w=zero, supervised=zero, l2=l2)
+
     def as_dict(self) -> dict[str, float]:
         """Python floats for logging (one host sync per field)."""
         return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}

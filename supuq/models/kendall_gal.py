@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LossConfig, ModelConfig
-from ..losses import LossTerms, kendall_gal_nll, l2_penalty
-from .unet import UNet
+from ..losses import LossTerms, kendall_gal_nll
+from .unet import UNet, conv_weight_l2
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -10.0, 5.0  # keeps exp(log_sigma) finite and the noise non-degenerate
 
@@ -44,9 +44,7 @@ class KendallGalUNet(nn.Module):
         mu, log_sigma = self.heads(self.unet(x))  # one U-Net pass per image; graders broadcast in the NLL
         eps = torch.randn((self.loss_cfg.kg_samples, *mu.shape), dtype=mu.dtype, device=mu.device)
         recon = kendall_gal_nll(mu, log_sigma, masks, eps)
-        l2 = self.loss_cfg.l2 * l2_penalty(m.weight for m in self.modules() if isinstance(m, nn.Conv2d))
-        zero = recon.new_zeros(())
-        return LossTerms(total=recon + l2, recon=recon, kl_z=zero, kl_w=zero, supervised=zero, l2=l2)
+        return LossTerms.without_weight_terms(recon, self.loss_cfg.l2 * conv_weight_l2(self))
 
     def sample(self, x: Tensor, weight_samples: int = 1, latent_samples: int = 1) -> Tensor:
         """Logits [B, M, K, H, W]: M dropout masks (on even in eval mode) x K logit-noise draws.

@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import LossConfig, ModelConfig
-from ..losses import LossTerms, kl_spatial_gaussians, l2_penalty, reconstruction
+from ..losses import LossTerms, kl_spatial_gaussians, reconstruction
 from .pieces import in_pieces, piece_size
-from .unet import Encoder, conv_block
+from .unet import Encoder, conv_block, conv_weight_l2
 
 
 class LevelStats(NamedTuple):
@@ -157,10 +157,6 @@ class PHiSeg(nn.Module):
         self.posterior = LatentHierarchy(model_cfg.in_channels + 1, f, c, levels, z)
         self.likelihood = Likelihood(f, c, levels, z)
 
-    def l2(self) -> Tensor:
-        """Sum of squared conv weights (not biases)."""
-        return l2_penalty(m.weight for m in self.modules() if isinstance(m, nn.Conv2d))
-
     def decode(self, zs: Sequence[Tensor], size: tuple[int, int], like: Tensor) -> Tensor:
         """Logits [N, H, W] of latents `zs` (finest first, each [N, Z, H_l, W_l]); on the CPU in pieces of images
         sized for the full-resolution activations (`like`: any [*, *, H, W] tensor on the device)."""
@@ -182,10 +178,8 @@ class PHiSeg(nn.Module):
         recon = reconstruction(logits, y.flatten(0, 1))
         kl_levels = [kl_spatial_gaussians(*stats) for stats in zip(q.mu, q.log_sigma, p.mu, p.log_sigma)]
         kl_z = torch.stack(kl_levels).sum(0).mean()  # per pair: sum over levels; then mean over pairs
-        l2 = self.loss_cfg.l2 * self.l2()
-        total = recon + self.loss_cfg.beta * kl_z + l2
-        zero = recon.new_zeros(())
-        return LossTerms(total=total, recon=recon, kl_z=kl_z, kl_w=zero, supervised=zero, l2=l2)
+        l2 = self.loss_cfg.l2 * conv_weight_l2(self)
+        return LossTerms.without_weight_terms(recon, l2, kl_z=kl_z, beta=self.loss_cfg.beta)
 
     def sample(self, x: Tensor, weight_samples: int = 1, latent_samples: int = 1) -> Tensor:
         """Logits [B, 1, K, H, W]: K prior samples drawn top-down, decoded (M must be 1: no weight samples).

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import LossConfig, ModelConfig
-from ..losses import LossTerms, kl_gaussians, l2_penalty, reconstruction, supervised_aleatoric
+from ..losses import LossTerms, kl_gaussians, reconstruction, supervised_aleatoric
 from .bayes import BayesConv2d
 from .pieces import in_pieces, piece_size
-from .unet import Encoder, UNet
+from .unet import Encoder, UNet, conv_weight_l2
 
 
 class LatentNet(nn.Module):
@@ -144,7 +144,7 @@ class ProbUNet(nn.Module):
 
     def l2(self) -> Tensor:
         """Sum of squared conv weights (not biases); the Bayesian layer has its own prior instead."""
-        return l2_penalty(m.weight for m in self.modules() if isinstance(m, nn.Conv2d))
+        return conv_weight_l2(self)
 
     def loss(self, x: Tensor, masks: Tensor, n_train: int) -> LossTerms:
         """Objective for x [B, in, H, W] and masks [B, D, H, W] (float or uint8 in {0, 1}).

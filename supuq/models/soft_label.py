@@ -12,8 +12,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import LossConfig, ModelConfig
-from ..losses import LossTerms, l2_penalty, reconstruction
-from .unet import UNet
+from ..losses import LossTerms, reconstruction
+from .unet import UNet, conv_weight_l2
 
 
 class SoftLabelUNet(nn.Module):
@@ -34,9 +34,7 @@ class SoftLabelUNet(nn.Module):
         """BCE(p_g, p) summed over pixels, averaged over images, + L2; masks [B, D, H, W] in {0, 1}."""
         del n_train
         recon = reconstruction(self.logits(x), masks.float().mean(dim=1))
-        l2 = self.loss_cfg.l2 * l2_penalty(m.weight for m in self.modules() if isinstance(m, nn.Conv2d))
-        zero = recon.new_zeros(())
-        return LossTerms(total=recon + l2, recon=recon, kl_z=zero, kl_w=zero, supervised=zero, l2=l2)
+        return LossTerms.without_weight_terms(recon, self.loss_cfg.l2 * conv_weight_l2(self))
 
     def sample(self, x: Tensor, weight_samples: int = 1, latent_samples: int = 1) -> Tensor:
         """Logits [B, 1, K, H, W]: the one map repeated K times (a view; binary samples come from the Bernoulli rule)."""

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torch.distributions import LowRankMultivariateNormal, Normal
 
 from ..config import LossConfig, ModelConfig
-from ..losses import LossTerms, l2_penalty, ssn_nll
-from .unet import UNet
+from ..losses import LossTerms, ssn_nll
+from .unet import UNet, conv_weight_l2
 
 DIAG_EPS = 1e-5  # keeps D positive, as in the paper's code
 LOG_DIAG_MIN, LOG_DIAG_MAX = -10.0, 10.0  # exp() stays finite whatever the head outputs
@@ -61,9 +61,7 @@ class StochasticSegNet(nn.Module):
         `n_train` is accepted for a common interface; there is no KL term to scale."""
         del n_train
         recon = ssn_nll(self.logit_samples(x, self.loss_cfg.ssn_samples), masks)
-        l2 = self.loss_cfg.l2 * l2_penalty(m.weight for m in self.modules() if isinstance(m, nn.Conv2d))
-        zero = recon.new_zeros(())
-        return LossTerms(total=recon + l2, recon=recon, kl_z=zero, kl_w=zero, supervised=zero, l2=l2)
+        return LossTerms.without_weight_terms(recon, self.loss_cfg.l2 * conv_weight_l2(self))
 
     def sample(self, x: Tensor, weight_samples: int = 1, latent_samples: int = 1) -> Tensor:
         """Logits [B, 1, K, H, W]: K draws of the logit Gaussian (M must be 1: SSN has no weight samples)."""

@@ -16,8 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import WeightNoiseConfig
+from ..losses import l2_penalty
 from .bayes import BayesConv2d
 from .pieces import in_pieces, piece_size
+
+
+def conv_weight_l2(module: nn.Module) -> Tensor:
+    """Sum of squared weights (not biases) of every `nn.Conv2d` in `module`, the L2 term of every method (0-dim).
+    The Bayesian layer (`BayesConv2d`) is no `nn.Conv2d`: its prior regularises it instead."""
+    return l2_penalty(m.weight for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
 def conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
