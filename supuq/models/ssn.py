@@ -3,7 +3,7 @@
 The logit map of an image is one multivariate Gaussian over its H*W pixels, N(mu, P P^T + diag(D)), from three
 1x1 heads on the U-Net's features: mean mu, log-diagonal (D = exp(.) + eps) and a rank-R factor P (R =
 `model.ssn_rank`; R = 0 leaves a diagonal Gaussian, i.e. independent pixels). A sample is mu + P z1 + sqrt(D) z2
-(torch's `LowRankMultivariateNormal.rsample`).
+(the reparameterisation of torch's `LowRankMultivariateNormal`, which `distribution` returns).
 
 Likelihood: a **sigmoid** per pixel on the sampled logit (the paper uses a K-class softmax; with one foreground
 class a 2-class softmax over (0, l) is exactly sigmoid(l), so the two are the same model with half the heads).
@@ -42,19 +42,34 @@ class StochasticSegNet(nn.Module):
         rank = model_cfg.ssn_rank
         self.factor_head = nn.Conv2d(f[0], rank, 1) if rank > 0 else None
 
-    def distribution(self, x: Tensor) -> LowRankMultivariateNormal | Normal:
-        """The logit distribution of x [B, in, H, W]: event [B, H*W] (a `Normal` of batch shape [B, H*W] when R = 0)."""
+    def logit_gaussian(self, x: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(mu [B, H*W], P [B, H*W, R] or None when R = 0, D [B, H*W]) of x [B, in, H, W], in float32."""
         feats = self.unet(x)
-        mu = self.mean_head(feats).float().flatten(1)  # [B, H*W]
+        mu = self.mean_head(feats).float().flatten(1)
         diag = torch.exp(self.log_diag_head(feats).float().flatten(1).clamp(LOG_DIAG_MIN, LOG_DIAG_MAX)) + DIAG_EPS
-        if self.factor_head is None:
+        factor = None if self.factor_head is None else self.factor_head(feats).float().flatten(2).transpose(1, 2)
+        return mu, factor, diag
+
+    def distribution(self, x: Tensor) -> LowRankMultivariateNormal | Normal:
+        """The logit distribution of x [B, in, H, W] as a torch distribution, event [B, H*W] (a `Normal` of batch
+        shape [B, H*W] when R = 0), for densities and covariances. In float64: its constructor factors
+        I + P^T D^-1 P (Cholesky), which fails in float32 once training makes D small and P large."""
+        mu, factor, diag = (None if t is None else t.double() for t in self.logit_gaussian(x))
+        if factor is None:
             return Normal(mu, diag.sqrt())
-        factor = self.factor_head(feats).float().flatten(2).transpose(1, 2)  # [B, H*W, R]
         return LowRankMultivariateNormal(mu, factor, diag)
 
     def logit_samples(self, x: Tensor, count: int) -> Tensor:
-        """`count` reparameterised logit maps [count, B, H, W] of x [B, in, H, W]."""
-        return self.distribution(x).rsample((count,)).view(count, x.shape[0], *x.shape[-2:])
+        """`count` reparameterised logit maps [count, B, H, W] of x [B, in, H, W]: mu + P z1 + sqrt(D) z2, the
+        reparameterisation of `LowRankMultivariateNormal.rsample`, computed directly because sampling needs no
+        Cholesky factor (the distribution's constructor would compute one, and it can fail; see `distribution`)."""
+        mu, factor, diag = self.logit_gaussian(x)
+        noise = torch.randn((count, *mu.shape), dtype=mu.dtype, device=mu.device)
+        logits = mu + diag.sqrt() * noise  # [count, B, H*W]
+        if factor is not None:
+            z = torch.randn((count, mu.shape[0], factor.shape[-1], 1), dtype=mu.dtype, device=mu.device)
+            logits = logits + (factor @ z).squeeze(-1)  # [B, H*W, R] @ [count, B, R, 1] -> [count, B, H*W, 1]
+        return logits.view(count, x.shape[0], *x.shape[-2:])
 
     def loss(self, x: Tensor, masks: Tensor, n_train: int) -> LossTerms:
         """x [B, in, H, W], masks [B, D, H, W] in {0, 1}: `ssn_nll` over `loss_cfg.ssn_samples` logit samples + L2.

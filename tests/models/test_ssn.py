@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.distributions import LowRankMultivariateNormal, Normal
 
@@ -42,9 +43,9 @@ def test_distribution_is_low_rank_and_samples_follow_it(batch):
         draws = model.logit_samples(x, 4000)  # [S, B, H, W]
     flat = draws.flatten(2)[:, 0, :6]  # six pixels of image 0: their empirical covariance matches P P^T + D
     empirical = torch.cov(flat.T)
-    expected = dist.covariance_matrix[0, :6, :6].detach()
+    expected = dist.covariance_matrix[0, :6, :6].detach().float()
     torch.testing.assert_close(empirical, expected, atol=0.15 * float(expected.abs().max()) + 1e-3, rtol=0)
-    torch.testing.assert_close(flat.mean(0), dist.loc[0, :6].detach(), atol=0.1, rtol=0)
+    torch.testing.assert_close(flat.mean(0), dist.loc[0, :6].detach().float(), atol=0.1, rtol=0)
     assert isinstance(StochasticSegNet(small_cfg("ssn", ssn_rank=0)).distribution(x), Normal)
 
 
@@ -76,8 +77,26 @@ def test_training_lowers_the_loss(batch):
     masks = (x > 0.5).expand(-1, D, -1, -1)  # learnable from the image, unlike the batch's random masks
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     first = float(model.loss(x, masks, 10).total)
-    for _ in range(30):
+    for _ in range(60):
         opt.zero_grad()
         model.loss(x, masks, 10).total.backward()
         opt.step()
     assert float(model.loss(x, masks, 10).total) < 0.5 * first
+
+
+def test_samples_and_loss_stay_finite_when_the_covariance_is_ill_conditioned(batch):
+    """What training reaches (the 2026-12 study's SSN trials failed there): a tiny diagonal D (log D clamped at
+    its minimum) under a large factor P makes I + P^T D^-1 P too ill-conditioned for a float32 Cholesky factor,
+    which torch's float32 LowRankMultivariateNormal computes on construction. Sampling does not need it."""
+    torch.manual_seed(0)
+    model = StochasticSegNet(small_cfg("ssn", ssn_rank=10), LossConfig(ssn_samples=4))
+    torch.nn.init.constant_(model.log_diag_head.bias, -50.0)
+    torch.nn.init.zeros_(model.log_diag_head.weight)
+    torch.nn.init.normal_(model.factor_head.weight, std=30.0)
+    x, masks = batch
+    mu, factor, diag = model.logit_gaussian(x)
+    with pytest.raises(torch.linalg.LinAlgError):  # the float32 factorisation the model no longer computes
+        LowRankMultivariateNormal(mu, factor, diag)
+    assert torch.isfinite(model.loss(x, masks, 10).total)
+    assert torch.isfinite(model.logit_samples(x, 3)).all()
+    assert torch.isfinite(model.distribution(x).covariance_matrix).all()  # float64 copes
