@@ -62,6 +62,13 @@ def test_study_verdicts_follow_the_rule_and_tables_come_from_the_model(tmp_path)
     assert f"reproduced ({ours.mean() - kohl.mean():+.4f}, SE {se:.4f})" in kohl_row
     assert "No published values for dataset 'synthetic'" in text
     assert "Smoke-scale run: 1 seed(s) (under 3)" in text  # Kendall & Gal's single seed
+    # one table per metric, best first, each method judged against ours and the soft-label reference (absent here)
+    ged_table = text.split("### GED (50 samples) (lower is better)")[1].split("###")[0]
+    rows = [line.split(" | ") for line in ged_table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [r[0].lstrip("| ").split(" (")[0] for r in rows] == ["Ours", "Probabilistic U-Net", "MC dropout + logit noise"]
+    assert [r[2] for r in rows] == ["reference", "no (worse)", "inconclusive (fewer than 2 seeds)"]
+    assert {r[3].rstrip(" |") for r in rows} == {"n/a"}
+    assert "(iv) ours" not in text  # no soft-label run, no claim against it
 
 
 def test_study_refuses_a_run_that_is_not_a_retrain(tmp_path):
