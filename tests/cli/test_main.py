@@ -36,6 +36,8 @@ def test_train_each_new_method_through_the_cli(tmp_path, method):
     result = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert result["weight_samples"] == 1  # no epistemic source: a 1 x S grid ...
     assert result["epistemic"] == 0.0  # ... and an epistemic map of exactly 0
-    for key in ("ged", "ged_16", "ged_100", "hm_iou_16", "ncc", "ncc_binary", "ncc_true"):
+    for key in ("ged", "ged_16", "ged_100", "hm_iou_16", "ncc", "ncc_true"):
         assert math.isfinite(result[key]), key
+    # after one tiny epoch a method's thresholded samples may agree everywhere (no binary NCC on any image)
+    assert math.isfinite(result["ncc_binary"]) or result["ncc_binary_excluded"] == result["n_images"]
     assert "HM-IoU16" in proc.stdout  # the terminal's table shows the literature's metrics

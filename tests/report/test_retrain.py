@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from supuq import tracking
 from supuq.cli import app
-from supuq.models.registry import METHOD_LABELS
+from supuq.models.registry import METHOD_LABELS, METHODS
 
 from ..conftest import PNG
 
@@ -34,7 +34,8 @@ def test_retrain_report_tables_images_artifact_and_cli(store):
         assert label in page
     # 3 methods x (uncertainty panel + learning curves) + each of the 2 fixed test images (eval.figure_images)
     # across methods + the reliability diagram
-    assert page.count(PNG) == 7 + 2 and page.count("<h2>Test images across methods") == 1
+    # every method x (panel + curves) + the reliability diagram + the 2 figure images across methods
+    assert page.count(PNG) == 2 * len(METHODS) + 1 + 2 and page.count("<h2>Test images across methods") == 1
     assert "ECE" in page and "see the paper" not in page  # synthetic: no published column
     # the configurations table shows each method's own keys (registry): no weight-noise prior for Kendall & Gal
     configs = page.split("<h2>Configurations</h2>")[1].split("</table>")[0]

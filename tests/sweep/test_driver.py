@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from supuq import tracking
 from supuq.cli import app
 from supuq.config import Config, load_config, validate_config
+from supuq.models.registry import METHODS
 from supuq.sweep.selection import best_trial
 from supuq.sweep.space import load_space
 from supuq.sweep.driver import SweepOptions, grace_period, run_sweep
@@ -39,7 +40,7 @@ def write_space(folder: Path, num_samples: int = 2, **extra) -> Path:
         "metric": "val/ged", "mode": "min", "num_samples": num_samples, "max_concurrent": 2,
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         "resources": {"cpu": 1, "gpu": 0},
-        "space": {"loss.beta": {"loguniform": [0.1, 10.0]}, "loss.gamma": {"loguniform": [1.0, 100.0]},
+        "space": {"loss.beta": {"loguniform": [0.1, 10.0]}, "loss.gamma": {"loguniform": [1.0, 10000.0]},
                   "model.weight_noise.prior": {"choice": ["gaussian", "log_uniform"]},
                   "model.weight_noise.prior_std": {"loguniform": [0.1, 10.0]},
                   "optim.lr": {"loguniform": [1e-4, 3e-3]}},
@@ -201,13 +202,15 @@ def test_two_trial_sweep_then_best_and_retrain(tmp_path, monkeypatch, ray_sessio
     assert retrains[0].data.tags["supuq.best_trial_run"] == best.info.run_id  # the trial best.yaml holds
     assert retrains[0].data.tags["supuq.sweep_name.kohl"] == "k1"
     seeds = children(uri, retrains[0].info.run_id)
-    assert len(seeds) == 6 and all(r.info.status == "FINISHED" for r in seeds)  # 3 methods x 2 seeds
-    assert all("test/ged" in r.data.metrics for r in seeds)
-    for method in ("supervised", "kohl", "kendall_gal"):
+    assert len(seeds) == 2 * len(METHODS) and all(r.info.status == "FINISHED" for r in seeds)  # every method x 2
+    assert all("test/ged" in r.data.metrics and "test/hm_iou_16" in r.data.metrics for r in seeds)
+    for method in METHODS:
         assert f"{method}/ged_mean" in retrains[0].data.metrics and f"{method}/ged_std" in retrains[0].data.metrics
     # Each seed trained its method's chosen config (the retrain sets only the seed, train+val and the sample
     # grid), in the caller's runs/retrain/ folder although Ray's workers run elsewhere.
-    chosen = {"supervised": best_yaml, "kohl": kohl_cfg, "kendall_gal": best_yaml.with_method("kendall_gal")}
+    # (a baseline without a sweep of its own: the best config with that method's fixed settings)
+    chosen = {m: best_yaml.with_method(m) for m in METHODS if m not in ("supervised", "kohl")}
+    chosen.update(supervised=best_yaml, kohl=kohl_cfg)
     owned = {"train.seed", "train.train_on_val", "eval.weight_samples", "eval.latent_samples"}
     folders = sorted((tmp_path / "runs" / "retrain").glob("synthetic-*/*-seed*"))
     assert sorted(f.name for f in folders) == sorted(f"{m}-seed{s}" for m in chosen for s in (0, 1)), folders
