@@ -164,14 +164,14 @@ def evaluate_indices(
         x = torch.as_tensor(np.asarray(data.images[batch]), dtype=torch.float32, device=device)
         y = torch.as_tensor(np.asarray(data.masks[batch]), device=device).bool()
         logits = predict_samples(model, x, weight_samples, latent_samples).float()
-        per, maps = _batch_metrics(model, logits, y)
+        per, maps, p_m = _batch_metrics(model, logits, y)
         if data.prob is not None:
             p_true = torch.as_tensor(np.asarray(data.prob[batch]), dtype=torch.float32, device=device)
             v_true = p_true * (1 - p_true)
             per["ncc_true"], per["ncc_true_binary"] = ncc(maps[0], v_true), ncc(maps[1], v_true)
         per.update(_literature_metrics(model, x, y, extra_counts, requested_weights or weight_samples))
         _append(rows, per)
-        calibration.add(per_pixel_pm(logits), grader_mean(y.float()))
+        calibration.add(p_m, grader_mean(y.float()))
         if progress is not None:
             progress(start + len(batch), len(index))
     model.train(was_training)
@@ -259,18 +259,16 @@ def pool_reliability(tables: list[dict[str, list[float]]]) -> ReliabilityAccumul
     return pooled
 
 
-def per_pixel_pm(logits: torch.Tensor) -> torch.Tensor:
-    """p_m [B,H,W]: mean foreground probability over all M*K samples of logits [B,M,K,H,W]."""
-    return torch.sigmoid(logits).mean(dim=(1, 2))
-
-
-def _batch_metrics(model: torch.nn.Module, logits: torch.Tensor,
-                   masks: torch.Tensor) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """Per-image metrics [B] of one batch (logits [B,M,K,H,W], masks bool [B,D,H,W]) and the aleatoric maps
-    [B,H,W] from probabilities and from binary samples (for the NCC against a true variance)."""
+def _batch_metrics(model: torch.nn.Module, logits: torch.Tensor, masks: torch.Tensor
+                   ) -> tuple[dict[str, torch.Tensor], tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Per-image metrics [B] of one batch (logits [B,M,K,H,W], masks bool [B,D,H,W]), the aleatoric maps
+    [B,H,W] from probabilities and from binary samples (for the NCC against a true variance) and p_m [B,H,W]
+    (for the reliability bins). The sigmoid of the whole grid is taken once, for the maps and p_m alike."""
     b, m, k, h, w = logits.shape
     samples = binary_samples(model.model_cfg, logits)
-    parts = decompose_probabilities(torch.sigmoid(logits))
+    probs = torch.sigmoid(logits)
+    p_m = probs.mean(dim=(1, 2))  # mean foreground probability over all M*K samples
+    parts = decompose_probabilities(probs)
     binary = decompose(samples)
     terms = ged_terms(samples.reshape(b, m * k, h, w), masks)  # one Gram matrix: GED, E d(S,Y), E d(S,S')
     v_g = grader_variance(masks.float())
@@ -280,11 +278,11 @@ def _batch_metrics(model: torch.nn.Module, logits: torch.Tensor,
         "dist_sy": terms.cross,
         "ncc": ncc(parts.aleatoric, v_g),
         "ncc_binary": ncc(binary.aleatoric, v_g),
-        "brier": brier(per_pixel_pm(logits), grader_mean(masks.float())),
+        "brier": brier(p_m, grader_mean(masks.float())),
         "aleatoric": parts.aleatoric.mean(dim=(1, 2)),
         "epistemic": parts.epistemic.mean(dim=(1, 2)),
     }
-    return per, (parts.aleatoric, binary.aleatoric)
+    return per, (parts.aleatoric, binary.aleatoric), p_m
 
 
 def hm_iou_count(graders: int, at_least: int = 16) -> int:

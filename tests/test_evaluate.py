@@ -70,7 +70,7 @@ def test_maps_come_from_probabilities_and_binary_maps_from_thresholds():
     logits[0, 0, :, 0, 0] = -5.0  # one pixel off in every sample
     masks = torch.zeros(1, 4, 4, 4, dtype=torch.bool)
     masks[0, :2] = True
-    per, (from_probs, from_binary) = _batch_metrics(Fixed(), logits, masks)
+    per, (from_probs, from_binary), _ = _batch_metrics(Fixed(), logits, masks)
     assert from_probs[0, 1, 1] == pytest.approx(0.16, abs=1e-6)
     assert from_binary[0, 1, 1] == 0.0
     assert per["aleatoric"][0] == pytest.approx(float(from_probs.mean()), abs=1e-7)
